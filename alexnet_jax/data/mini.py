@@ -422,7 +422,9 @@ def generate(out_dir: str, params: MiniParams = MiniParams()) -> MiniDataset:
   shapes = SHAPES[:n]
   # Fake WNIDs in a random order: ID order != sorted WNID order, as in the
   # real meta.mat, so a reader that sorts WNIDs fails the tests.
-  wnid_numbers = rng.choice(np.arange(10**7, 10**8), size=n, replace=False)
+  wnid_numbers = rng.integers(10**7, 10**8, size=n)
+  while len(set(wnid_numbers.tolist())) < n:  # Practically never loops.
+    wnid_numbers = rng.integers(10**7, 10**8, size=n)
   if n > 1 and np.all(np.diff(wnid_numbers) > 0):
     wnid_numbers = wnid_numbers[::-1]
   wnids = tuple(f"n{int(x):08d}" for x in wnid_numbers)
