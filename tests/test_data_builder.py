@@ -206,7 +206,9 @@ def test_gzip_cmyk_and_grayscale_are_decoded_to_rgb(
           ilsvrc2010.resize_and_center_crop(_decode_rgb(raw), 256), np.float32
       )
       assert np.abs(image - expected).mean() < 6.0, (quirk, name)
-      assert image.std() > 10.0
+      # Not flat (a grayscale copy can have little contrast, hence a low
+      # bar): the comparison above would also pass for two blank images.
+      assert image.std() > 2.0
       if quirk == "gray":
         assert np.abs(image[..., 0] - image[..., 2]).mean() < 3.0
 
