@@ -7,7 +7,6 @@ archives with `tarfile`, `scipy.io` and PIL, following PAPER.md §3.
 import gzip
 import io
 import os
-import shutil
 import tarfile
 
 import numpy as np

@@ -42,7 +42,6 @@ import zlib
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from absl import logging
-from etils import epath
 import numpy as np
 from PIL import Image
 import scipy.io

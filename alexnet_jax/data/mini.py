@@ -33,7 +33,6 @@ import dataclasses
 import gzip
 import io
 import json
-import math
 import os
 import sys
 import tarfile
