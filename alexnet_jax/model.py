@@ -1,0 +1,465 @@
+"""The paper's two-tower AlexNet (Krizhevsky et al. 2012, §3, Figure 2).
+
+Every layer holds `num_towers` towers (2 in the paper). A device runs the
+`towers_local` towers it holds; with the towers laid over the mesh's `model`
+axis (see parallel.py) a device holds one tower, without it both. The
+activations of the local towers are kept side by side in the channel (or
+unit) axis, tower-major, so tower-local layers are grouped convolutions with
+`feature_group_count = towers_local`, exactly the "groups" of cuda-convnet.
+
+Parameter layout (T = num_towers; every parameter but fc8's bias has T as its
+leading axis and is sharded over `model`):
+
+  conv1/kernel [T, 11, 11, 3, 48]      input: the whole image
+  conv2/kernel [T, 5, 5, 48, 128]      input: own tower's conv1
+  conv3/kernel [T, 3, 3, 256, 192]     input: both towers' conv2 (gathered)
+  conv4/kernel [T, 3, 3, 192, 192]     input: own tower
+  conv5/kernel [T, 3, 3, 192, 128]     input: own tower
+  fc6/kernel   [T, 6*6*128, 4096]      rows: own tower's pool5 (h, w, c);
+                                       columns: all fc6 units, tower-major
+  fc7/kernel   [T, 4096, 2048]         rows: all fc6 units; columns: own units
+  fc8/kernel   [T, 2048, 1000]         rows: own fc7 units
+  */bias       [T, features]           own units; fc8/bias [1000] replicated
+
+fc6 and fc8 are stored by input rows because their cross-tower exchange is a
+sum of partial products (parallel.py explains the byte counts); the function
+is the paper's either way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import ml_collections
+
+from alexnet_jax import parallel
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# Names of the layers in order.
+CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+FC_LAYERS = ("fc6", "fc7", "fc8")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The paper's network (§3, Figure 2). Configs override fields of this."""
+  c = ml_collections.ConfigDict()
+  c.num_classes = 1000
+  c.num_towers = 2
+  # Per-tower widths (§3.5): the paper's totals are twice these.
+  c.conv_features = (48, 128, 192, 192, 128)
+  c.fc_features = (2048, 2048)
+  # 224 is the paper's crop; conv1 then rounds its output size up like the
+  # authors' code (55x55). 227 is Caffe's crop, which gives 55x55 unpadded.
+  c.image_size = 224
+  # Local response normalization (§3.3). convention="paper":
+  #   b = a / (k + alpha * sum a^2)^beta with k=2, n=5, alpha=1e-4, beta=0.75.
+  # convention="caffe" (Caffe, PyTorch, cuda-convnet2) divides alpha by n;
+  # Caffe's reference AlexNet also uses k=1.
+  c.lrn = ml_collections.ConfigDict(
+      dict(convention="paper", k=2.0, n=5, alpha=1e-4, beta=0.75))
+  # Overlapping pooling (§3.4): window 3, stride 2; 2/2 is the ablation.
+  c.pool_window = 3
+  c.pool_stride = 2
+  c.dropout_rate = 0.5  # §4.2, after fc6 and fc7.
+  # "paper": N(0, 0.01^2) weights, bias 1 in conv2, conv4, conv5, fc6, fc7
+  # (§5). "caffe": bvlc_alexnet's fc6/fc7 std 0.005 and biases 0.1.
+  c.init = "paper"
+  # Compute dtype of convolutions and matmuls; parameters stay float32 and
+  # LRN, softmax and the loss are computed in float32.
+  c.dtype = "float32"
+  return c
+
+
+def _init_constants(init: str) -> dict[str, tuple[float, float]]:
+  """(weight std, bias value) per layer for an init scheme."""
+  if init == "paper":
+    # §5: "We initialized the weights in each layer from a zero-mean Gaussian
+    # distribution with standard deviation 0.01. We initialized the neuron
+    # biases in the second, fourth, and fifth convolutional layers, as well as
+    # in the fully-connected hidden layers, with the constant 1."
+    std = dict.fromkeys(CONV_LAYERS + FC_LAYERS, 0.01)
+    bias = dict(conv1=0., conv2=1., conv3=0., conv4=1., conv5=1., fc6=1.,
+                fc7=1., fc8=0.)
+  elif init == "caffe":
+    # Caffe's bvlc_alexnet: avoids the flat loss at ln(1000) some setups hit
+    # with the paper's init (PAPER.md §2).
+    std = dict.fromkeys(CONV_LAYERS + FC_LAYERS, 0.01)
+    std.update(fc6=0.005, fc7=0.005)
+    bias = dict(conv1=0., conv2=.1, conv3=0., conv4=.1, conv5=.1, fc6=.1,
+                fc7=.1, fc8=0.)
+  else:
+    raise ValueError(f"model.init={init!r}: use 'paper' or 'caffe'.")
+  return {k: (std[k], bias[k]) for k in std}
+
+
+def conv_out_size(size: int, kernel: int, stride: int, pad: int = 0) -> int:
+  """Output size of a convolution that rounds up like cuda-convnet.
+
+  1 + ceil((size + 2 * pad - kernel) / stride). For conv1 at 224 this gives
+  55, which equals padding the bottom/right edge by 3 (PAPER.md §1).
+  """
+  return 1 + math.ceil((size + 2 * pad - kernel) / stride)
+
+
+def pool_out_size(size: int, window: int, stride: int) -> int:
+  return (size - window) // stride + 1
+
+
+def spatial_sizes(image_size: int, pool_window: int = 3,
+                  pool_stride: int = 2) -> dict[str, int]:
+  """Spatial size after each stage: 224 -> 55, 27, 13, 13, 13, 6."""
+  conv1 = conv_out_size(image_size, 11, 4)
+  pool1 = pool_out_size(conv1, pool_window, pool_stride)
+  pool2 = pool_out_size(pool1, pool_window, pool_stride)
+  pool5 = pool_out_size(pool2, pool_window, pool_stride)
+  return dict(conv1=conv1, pool1=pool1, conv2=pool1, pool2=pool2, conv3=pool2,
+              conv4=pool2, conv5=pool2, pool5=pool5)
+
+
+def local_response_norm(x: Array, towers: int, *, convention: str, k: float,
+                        n: int, alpha: float, beta: float) -> Array:
+  """LRN across channels, within each tower (§3.3), computed in float32.
+
+  b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta
+  where N is a tower's channel count. convention="caffe" uses alpha / n.
+  """
+  if convention not in ("paper", "caffe"):
+    raise ValueError(f"lrn.convention={convention!r}: 'paper' or 'caffe'.")
+  scale = alpha / n if convention == "caffe" else alpha
+  dtype = x.dtype
+  x = x.astype(jnp.float32)
+  *lead, channels = x.shape
+  x_T = x.reshape(*lead, towers, channels // towers)
+  half = n // 2
+  # Zero padding at each tower's channel edges makes the window sum run over
+  # max(0, i - n/2) .. min(N - 1, i + n/2), as in the paper's formula.
+  sq_sum = jax.lax.reduce_window(
+      jnp.square(x_T), 0.0, jax.lax.add,
+      window_dimensions=(1,) * (x_T.ndim - 1) + (n,),
+      window_strides=(1,) * x_T.ndim,
+      padding=((0, 0),) * (x_T.ndim - 1) + ((half, n - 1 - half),))
+  y = x_T * jnp.power(k + scale * sq_sum, -beta)
+  return y.reshape(x.shape).astype(dtype)
+
+
+def _tower_normal(std: float) -> Initializer:
+  return nn.initializers.normal(stddev=std)
+
+
+class TowerConv(nn.Module):
+  """`towers` convolutions side by side, one per local tower.
+
+  `shared_input=True`: every tower reads the whole input (conv1 reads the
+  image; conv3 reads both towers' conv2 maps after the gather).
+  `shared_input=False`: tower t reads only channel block t of the input.
+  """
+  features: int
+  kernel_size: int
+  towers: int
+  shared_input: bool
+  stride: int = 1
+  padding: Any = "SAME"
+  weight_std: float = 0.01
+  bias_value: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_features = x.shape[-1] if self.shared_input else (
+        x.shape[-1] // self.towers)
+    kernel = self.param(
+        "kernel", _tower_normal(self.weight_std),
+        (self.towers, self.kernel_size, self.kernel_size, in_features,
+         self.features))
+    bias = self.param("bias", nn.initializers.constant(self.bias_value),
+                      (self.towers, self.features))
+    # [T, kh, kw, I, O] -> [kh, kw, I, T*O]: one (grouped) convolution for
+    # the local towers, output channels tower-major.
+    kh, kw = self.kernel_size, self.kernel_size
+    kernel_HWIO = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(
+        kh, kw, in_features, self.towers * self.features)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel_HWIO.astype(self.dtype),
+        window_strides=(self.stride, self.stride),
+        padding=self.padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=1 if self.shared_input else self.towers)
+    return y + bias.reshape(-1).astype(self.dtype)
+
+
+class DenseParams(nn.Module):
+  """Declares a fully connected layer's kernel and bias under one name."""
+  kernel_shape: tuple[int, ...]
+  bias_shape: tuple[int, ...]
+  weight_std: float
+  bias_value: float
+
+  @nn.compact
+  def __call__(self) -> tuple[Array, Array]:
+    kernel = self.param("kernel", _tower_normal(self.weight_std),
+                        self.kernel_shape)
+    bias = self.param("bias", nn.initializers.constant(self.bias_value),
+                      self.bias_shape)
+    return kernel, bias
+
+
+class AlexNet(nn.Module):
+  """The paper's network, on the `towers_local` towers this device holds.
+
+  Outside shard_map leave `model_axis`/`data_axis` as None and
+  `towers_local == num_towers`: one device computes both towers. Inside
+  shard_map (see `parallel` and `build`), set the mesh axis names; the
+  module then communicates only at conv3, fc6, fc7 and fc8.
+
+  Call with images [B, S, S, 3] (S = image_size), returns float32 logits
+  [B, num_classes]. `train=True` applies dropout and needs a 'dropout' rng.
+  """
+  num_classes: int = 1000
+  num_towers: int = 2
+  towers_local: int = 2
+  conv_features: Sequence[int] = (48, 128, 192, 192, 128)
+  fc_features: Sequence[int] = (2048, 2048)
+  image_size: int = 224
+  lrn_convention: str = "paper"
+  lrn_k: float = 2.0
+  lrn_n: int = 5
+  lrn_alpha: float = 1e-4
+  lrn_beta: float = 0.75
+  pool_window: int = 3
+  pool_stride: int = 2
+  dropout_rate: float = 0.5
+  init_scheme: str = "paper"
+  dtype: Any = jnp.float32
+  model_axis: str | None = None
+  data_axis: str | None = None
+
+  def _lrn(self, x: Array) -> Array:
+    return local_response_norm(
+        x, self.towers_local, convention=self.lrn_convention, k=self.lrn_k,
+        n=self.lrn_n, alpha=self.lrn_alpha, beta=self.lrn_beta)
+
+  def _pool(self, x: Array) -> Array:
+    w, s = self.pool_window, self.pool_stride
+    return nn.max_pool(x, (w, w), strides=(s, s), padding="VALID")
+
+  def _dropout(self, x: Array, train: bool) -> Array:
+    """Dropout with a mask that differs per step, tower and data shard."""
+    if not train or self.dropout_rate == 0.0:
+      return x
+    keep = 1.0 - self.dropout_rate
+    key = self.make_rng("dropout")  # Differs per step and per layer.
+    key = jax.random.fold_in(key, parallel.shard_index(self.data_axis))
+    first = parallel.tower_offset(self.model_axis, self.towers_local)
+    towers = first + jnp.arange(self.towers_local)
+    batch, units = x.shape
+    per_tower = units // self.towers_local
+    masks_T = jax.vmap(lambda t: jax.random.bernoulli(
+        jax.random.fold_in(key, t), keep, (batch, per_tower)))(towers)
+    mask = jnp.moveaxis(masks_T, 0, 1).reshape(batch, units)
+    # Inverted dropout: scaling by 1/keep at training time equals the paper's
+    # scaling by 0.5 at test time (§4.2).
+    return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+  @nn.compact
+  def __call__(self, images: Array, *, train: bool = False) -> Array:
+    if images.ndim != 4 or images.shape[1:] != (
+        self.image_size, self.image_size, 3):
+      raise ValueError(
+          f"AlexNet expects images [batch, {self.image_size}, "
+          f"{self.image_size}, 3]; got {images.shape}. Set model.image_size "
+          "to the crop size of the input pipeline.")
+    consts = _init_constants(self.init_scheme)
+    towers, dt = self.towers_local, self.dtype
+    c1, c2, c3, c4, c5 = self.conv_features
+    f6, f7 = self.fc_features
+
+    def conv(name, features, k, shared, stride=1, padding="SAME"):
+      std, bias = consts[name]
+      return TowerConv(features, k, towers, shared, stride=stride,
+                       padding=padding, weight_std=std, bias_value=bias,
+                       dtype=dt, name=name)
+
+    def fc(name, kernel_shape, bias_shape):
+      std, bias = consts[name]
+      return DenseParams(kernel_shape, bias_shape, std, bias, name=name)()
+
+    # conv1 reads the whole image in both towers. Authors' output-size
+    # rounding: pad only the bottom/right edge (224 -> 55, 227 -> 55).
+    size = self.image_size
+    pad = (conv_out_size(size, 11, 4) - 1) * 4 + 11 - size
+    x = conv("conv1", c1, 11, True, 4, ((0, pad), (0, pad)))(images)
+    x = self._pool(self._lrn(nn.relu(x)))  # §3.3: LRN after ReLU.
+    x = conv("conv2", c2, 5, False)(x)
+    x = self._pool(self._lrn(nn.relu(x)))
+    # conv3 reads both towers' conv2 maps: the first communication.
+    x = parallel.gather_towers(x, self.model_axis, axis=-1)
+    x = nn.relu(conv("conv3", c3, 3, True)(x))
+    x = nn.relu(conv("conv4", c4, 3, False)(x))
+    x = nn.relu(conv("conv5", c5, 3, False)(x))
+    x = self._pool(x)
+
+    # fc6: each tower multiplies its own pool5 (flattened h, w, c) by its
+    # rows of the fc6 matrix; the partial sums are reduced across towers and
+    # each device keeps the units of its towers.
+    batch, h, w, _ = x.shape
+    x_BTI = x.reshape(batch, h, w, towers, c5).transpose(0, 3, 1, 2, 4)
+    x_BTI = x_BTI.reshape(batch, towers, h * w * c5)
+    k6, b6 = fc("fc6", (towers, h * w * c5, self.num_towers * f6),
+                (towers, f6))
+    partial = jnp.einsum("bti,tio->bo", x_BTI.astype(dt), k6.astype(dt))
+    x = parallel.scatter_tower_sum(partial, self.model_axis, axis=1)
+    x = self._dropout(nn.relu(x + b6.reshape(-1).astype(dt)), train)
+
+    # fc7: every unit reads all of fc6 (gathered); each tower computes its own
+    # units.
+    x = parallel.gather_towers(x, self.model_axis, axis=1)
+    k7, b7 = fc("fc7", (towers, self.num_towers * f6, f7), (towers, f7))
+    x = jnp.einsum("bi,tio->bto", x.astype(dt), k7.astype(dt))
+    x = x.reshape(batch, towers * f7) + b7.reshape(-1).astype(dt)
+    x = self._dropout(nn.relu(x), train)
+
+    # fc8: each tower's fc7 units times its rows of the fc8 matrix; the
+    # partial logits are summed across towers on every device.
+    k8, b8 = fc("fc8", (towers, f7, self.num_classes), (self.num_classes,))
+    x_BTI = x.reshape(batch, towers, f7)
+    partial = jnp.einsum("bti,tik->bk", x_BTI.astype(dt), k8.astype(dt))
+    logits = parallel.sum_towers(partial.astype(jnp.float32), self.model_axis)
+    return logits + b8
+
+
+def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None
+          ) -> AlexNet:
+  """The module for `config` (a `default_config()`-shaped ConfigDict).
+
+  With a mesh, the module is the per-device program for `parallel.shard_map`
+  (it holds num_towers / mesh.model towers and communicates over the mesh
+  axes); without one, it holds every tower and runs on one device.
+  """
+  if config.num_towers < 1:
+    raise ValueError(f"model.num_towers={config.num_towers} must be >= 1.")
+  if len(config.conv_features) != 5 or len(config.fc_features) != 2:
+    raise ValueError(
+        "model.conv_features needs 5 per-tower widths and model.fc_features "
+        f"2; got {tuple(config.conv_features)} and "
+        f"{tuple(config.fc_features)}.")
+  sizes = spatial_sizes(config.image_size, config.pool_window,
+                        config.pool_stride)
+  if min(sizes.values()) < 1:
+    raise ValueError(
+        f"model.image_size={config.image_size} is too small for 3 poolings "
+        f"of window {config.pool_window} / stride {config.pool_stride}: "
+        f"spatial sizes {sizes}.")
+  if config.dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"model.dtype={config.dtype!r}: float32 or bfloat16.")
+  _init_constants(config.init)  # Validates the name.
+  towers_local = parallel.towers_per_device(mesh, config.num_towers)
+  if towers_local * (mesh.shape[parallel.MODEL] if mesh else 1) != (
+      config.num_towers):
+    raise parallel.MeshError(
+        f"mesh.model={mesh.shape[parallel.MODEL]} does not divide "
+        f"model.num_towers={config.num_towers}.")
+  return AlexNet(
+      num_classes=config.num_classes,
+      num_towers=config.num_towers,
+      towers_local=towers_local,
+      conv_features=tuple(config.conv_features),
+      fc_features=tuple(config.fc_features),
+      image_size=config.image_size,
+      lrn_convention=config.lrn.convention,
+      lrn_k=config.lrn.k,
+      lrn_n=config.lrn.n,
+      lrn_alpha=config.lrn.alpha,
+      lrn_beta=config.lrn.beta,
+      pool_window=config.pool_window,
+      pool_stride=config.pool_stride,
+      dropout_rate=config.dropout_rate,
+      init_scheme=config.init,
+      dtype=jnp.dtype(config.dtype),
+      model_axis=parallel.MODEL if mesh is not None else None,
+      data_axis=parallel.DATA if mesh is not None else None,
+  )
+
+
+def init_params(config: ml_collections.ConfigDict, rng: Array,
+                mesh: Mesh | None = None) -> Any:
+  """Creates the parameters, directly with their shardings when given a mesh.
+
+  Weights ~ N(0, std^2) and constant biases per `config.init` (§5). All
+  kernels are cut from one normal stream of shape [towers, n]: one RNG op
+  (each random op costs seconds of XLA compile time on CPU) that XLA shards
+  over `model`, so no device draws more than its towers' share. The values
+  do not depend on the mesh. (`AlexNet.init` draws from the same
+  distributions, one stream per parameter.)
+  """
+  module = build(config, mesh=None)
+  images = jax.ShapeDtypeStruct(
+      (1, config.image_size, config.image_size, 3), jnp.float32)
+  shapes = jax.eval_shape(
+      lambda x: module.init({"params": jax.random.key(0)}, x),
+      images)["params"]
+  consts = _init_constants(config.init)
+  towers = config.num_towers
+  sizes = {name: math.prod(shapes[name]["kernel"].shape[1:])
+           for name in CONV_LAYERS + FC_LAYERS}
+
+  def init(rng):
+    stream = jax.random.normal(rng, (towers, sum(sizes.values())))
+    params, offset = {}, 0
+    for name, size in sizes.items():
+      std, bias = consts[name]
+      kernel = stream[:, offset:offset + size] * std
+      offset += size
+      params[name] = dict(
+          kernel=kernel.reshape(shapes[name]["kernel"].shape),
+          bias=jnp.full(shapes[name]["bias"].shape, bias, jnp.float32))
+    return params
+
+  if mesh is None:
+    return jax.jit(init)(rng)
+  shardings = parallel.named_shardings(mesh, parallel.param_specs(shapes))
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def make_apply(config: ml_collections.ConfigDict, mesh: Mesh | None = None
+               ) -> Callable[..., Array]:
+  """Returns `apply(params, images, rng=None, train=False) -> logits`.
+
+  `images` and the returned logits are global arrays (sharded over the mesh's
+  data axis when there is a mesh); `params` as made by `init_params`. Call it
+  inside `jax.jit`. With `train=True`, `rng` drives dropout.
+  """
+  module = build(config, mesh)
+
+  def local_apply(params, images, rng):
+    rngs = {"dropout": rng} if rng is not None else {}
+    return module.apply({"params": params}, images, train=rng is not None,
+                        rngs=rngs)
+
+  def apply(params, images, rng=None, train=False):
+    if train and rng is None:
+      raise ValueError("train=True needs an rng for dropout.")
+    rng = rng if train else None
+    if mesh is None:
+      return local_apply(params, images, rng)
+    return parallel.shard_model(local_apply, mesh, params, rng)(
+        params, images, rng)
+
+  return apply
+
+
+def param_shapes(config: ml_collections.ConfigDict) -> Any:
+  """The parameter tree as ShapeDtypeStructs (nothing is computed)."""
+  return jax.eval_shape(lambda rng: init_params(config, rng),
+                        jax.random.key(0))
+
+
+def count_params(params: Any) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))

@@ -1,0 +1,232 @@
+"""The data x model device mesh, partition specs, shard_map, and collectives.
+
+The paper (§3.2, Figure 2) splits the network over two GPUs: each holds half
+of every layer's kernels (one "tower"), and the GPUs talk only at the input of
+conv3 and at the fully connected layers. Here the towers are laid over the
+`model` axis of a device mesh, and ordinary data parallelism runs over the
+`data` axis:
+
+  model = 2: each device holds one tower;
+  model = 1: one device holds both towers and computes them locally.
+
+Both are the same program: the model code always works on the `towers_local`
+towers a device holds, and the collectives below are over the `model` axis
+(which is trivial when it has size 1). Every cross-device collective of the
+forward pass is in this file, each commented with the paper's reason and the
+bytes it moves.
+
+Bytes per image per device, float32, paper sizes, for the two towers on two
+devices (an all-gather or reduce-scatter of S bytes per device sends S bytes;
+an all-reduce of S bytes sends S):
+
+  layer  choice                           sent    alternative             sent
+  conv3  all-gather pool2 (13x13x128)    86,528   reduce-scatter partial 129,792
+                                                  conv3 outputs (13x13x192)
+  fc6    reduce-scatter partial fc6       8,192   all-gather pool5        18,432
+         outputs (2048 per tower)                 (6x6x128 per tower)
+  fc7    all-gather fc6 (2048)            8,192   reduce-scatter partial   8,192
+                                                  fc7 outputs (tie)
+  fc8    all-reduce partial logits        4,000   all-gather fc7 + all-   10,192
+         (1000)                                   gather logits (2048+500)
+
+Total 106,912 bytes per image per device in the forward pass; the backward
+pass moves the same amount (the transpose of an all-gather is a
+reduce-scatter of the same size and vice versa; of an all-reduce, an
+all-reduce).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+# Mesh axis names. Every PartitionSpec and collective in the project uses
+# these constants.
+DATA = "data"
+MODEL = "model"
+
+# Parameters without a leading tower axis: replicated on every device.
+# fc8's bias is added after the cross-tower sum of the partial logits, so it
+# belongs to neither tower.
+REPLICATED_PARAMS = frozenset({("fc8", "bias")})
+
+
+class MeshError(ValueError):
+  """An impossible mesh shape or batch size, with what to change."""
+
+
+def make_mesh(
+    data: int,
+    model: int,
+    *,
+    num_towers: int = 2,
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+  """Makes the `data` x `model` mesh and validates its shape.
+
+  Args:
+    data: size of the data-parallel axis, or -1 for "all devices left over".
+    model: size of the model axis: how many devices share the towers. Must
+      divide `num_towers` (with the paper's two towers: 1 or 2).
+    num_towers: towers in the model (2 in the paper).
+    devices: devices to use; defaults to `jax.devices()` (all processes).
+
+  Returns:
+    A `jax.sharding.Mesh` with axes (DATA, MODEL).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if model < 1 or num_towers % model:
+    choices = [m for m in range(1, num_towers + 1) if num_towers % m == 0]
+    raise MeshError(
+        f"mesh.model={model} is impossible: the model has {num_towers} "
+        f"tower(s) and each device must hold a whole number of them. Use "
+        f"mesh.model in {choices}."
+    )
+  if data == -1:
+    if len(devices) % model:
+      raise MeshError(
+          f"mesh.data=-1 (use all devices) needs the {len(devices)} devices "
+          f"to be a multiple of mesh.model={model}."
+      )
+    data = len(devices) // model
+  if data < 1:
+    raise MeshError(f"mesh.data={data} must be >= 1 (or -1 for all devices).")
+  if data * model > len(devices):
+    hint = ""
+    if jax.default_backend() == "cpu":
+      hint = (
+          " On CPU, fake devices can be made before JAX starts with "
+          "jax.config.update('jax_num_cpu_devices', N) or "
+          "XLA_FLAGS=--xla_force_host_platform_device_count=N."
+      )
+    raise MeshError(
+        f"mesh data x model = {data} x {model} needs {data * model} devices "
+        f"but only {len(devices)} are available "
+        f"({jax.default_backend()}).{hint}"
+    )
+  grid = np.asarray(devices[: data * model]).reshape(data, model)
+  return Mesh(grid, (DATA, MODEL))
+
+
+def towers_per_device(mesh: Mesh | None, num_towers: int) -> int:
+  """How many towers each device holds (2 without a mesh)."""
+  if mesh is None:
+    return num_towers
+  return num_towers // mesh.shape[MODEL]
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+  """Validates the global batch against the data axis; returns per-shard."""
+  data = mesh.shape[DATA]
+  if global_batch_size % data:
+    raise MeshError(
+        f"batch size {global_batch_size} is not divisible by mesh.data={data}"
+        f"; use a batch size that is a multiple of {data}."
+    )
+  return global_batch_size // data
+
+
+def param_specs(params: Any) -> Any:
+  """PartitionSpecs for a parameter tree: towers over MODEL, the rest P()."""
+
+  def spec(path, leaf):
+    names = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
+    if names[-2:] in REPLICATED_PARAMS:
+      return P()
+    # Leading axis = tower; everything else unsharded.
+    return P(MODEL, *([None] * (np.ndim(leaf) - 1)))
+
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def named_shardings(mesh: Mesh, specs: Any) -> Any:
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of every per-example array: split over DATA, whole on MODEL."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+  """Places a host batch (identical on every process) on the mesh."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.device_put(v, sharding) for k, v in batch.items()}
+
+
+def shard_model(local_apply: Callable[..., jax.Array], mesh: Mesh,
+                params: Any, rng: jax.Array | None) -> Callable[..., jax.Array]:
+  """Wraps `local_apply(params, images, rng) -> logits` in `jax.shard_map`.
+
+  Each device gets its towers' parameters (param_specs), its data shard of
+  the images (whole on the model axis: both towers see the image, §3.2), and
+  the replicated rng. The logits leave summed over towers, so they are
+  sharded over DATA only.
+  """
+  rng_spec = None if rng is None else P()
+  return jax.shard_map(
+      local_apply, mesh=mesh,
+      in_specs=(param_specs(params), P(DATA), rng_spec),
+      out_specs=P(DATA), check_vma=True)
+
+
+# ---------------------------------------------------------------------------
+# Collectives. `axis_name=None` means "not inside shard_map": the module then
+# holds every tower itself and the collective is the identity.
+# ---------------------------------------------------------------------------
+
+
+def tower_offset(axis_name: str | None, towers_local: int) -> jax.Array | int:
+  """Global index of this device's first tower (0 outside shard_map)."""
+  if axis_name is None:
+    return 0
+  return jax.lax.axis_index(axis_name) * towers_local
+
+
+def shard_index(axis_name: str | None) -> jax.Array | int:
+  """Index of this device's data shard (0 outside shard_map)."""
+  if axis_name is None:
+    return 0
+  return jax.lax.axis_index(axis_name)
+
+
+def gather_towers(x: jax.Array, axis_name: str | None, axis: int) -> jax.Array:
+  """Concatenates every tower's `x` along `axis`, tower 0 first.
+
+  Used at the input of conv3 (pool2 channels, §3.2 "the kernels of layer 3
+  take input from all kernel maps in layer 2") and fc7 (fc6 units).
+  """
+  if axis_name is None:
+    return x
+  return jax.lax.all_gather(x, axis_name, axis=axis, tiled=True)
+
+
+def scatter_tower_sum(
+    x: jax.Array, axis_name: str | None, axis: int
+) -> jax.Array:
+  """Sums partial outputs over towers; each device keeps its towers' part.
+
+  Used at fc6: each tower multiplies its own half of pool5 by its rows of the
+  fc6 matrix, and the towers exchange the partial sums of the units they do
+  not own (§3.2: fc6 reads both towers).
+  """
+  if axis_name is None:
+    return x
+  return jax.lax.psum_scatter(x, axis_name, scatter_dimension=axis, tiled=True)
+
+
+def sum_towers(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """Sums partial outputs over towers; every device gets the whole sum.
+
+  Used at fc8: the 1000 logits read all of fc7 (§3.2).
+  """
+  if axis_name is None:
+    return x
+  return jax.lax.psum(x, axis_name)

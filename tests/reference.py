@@ -1,0 +1,78 @@
+"""An independent single-device AlexNet, written from PAPER.md §1 alone.
+
+It shares no code with alexnet_jax.model: it takes the weights in the Caffe
+layout (`<layer>.weight` [out, in/groups, kh, kw] / [out, in], NCHW
+activations), expresses the towers as grouped convolutions (groups=2 for
+conv2, conv4, conv5) and plain dense layers, and computes LRN with an
+explicit loop over channels. The model must equal it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def lrn_loop(x_NCHW, towers, k, n, alpha, beta, convention):
+  """LRN by the paper's formula, one channel at a time, within each tower."""
+  channels = x_NCHW.shape[1]
+  per_tower = channels // towers
+  scale = alpha / n if convention == "caffe" else alpha
+  outs = []
+  for i in range(channels):
+    t, local = divmod(i, per_tower)
+    lo = t * per_tower + max(0, local - n // 2)
+    hi = t * per_tower + min(per_tower - 1, local + n // 2)
+    s = jnp.sum(x_NCHW[:, lo:hi + 1] ** 2, axis=1)
+    outs.append(x_NCHW[:, i] / (k + scale * s) ** beta)
+  return jnp.stack(outs, axis=1)
+
+
+def _conv(x, w, b, stride, padding, groups):
+  y = jax.lax.conv_general_dilated(
+      x, w, (stride, stride), padding,
+      dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=groups,
+      precision=jax.lax.Precision.HIGHEST)
+  return y + b[None, :, None, None]
+
+
+def _maxpool(x, window, stride):
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max,
+                               (1, 1, window, window), (1, 1, stride, stride),
+                               "VALID")
+
+
+def logits(w, images_NHWC, *, towers=2, lrn=("paper", 2.0, 5, 1e-4, 0.75),
+           pool=(3, 2), dropout_masks=None):
+  """Reference forward pass. dropout_masks: (mask6, mask7) of 0/1/keep."""
+  convention, k, n, alpha, beta = lrn
+  x = jnp.transpose(images_NHWC, (0, 3, 1, 2))
+  size = x.shape[-1]
+  # The authors' round-up: 1 + ceil((size - 11) / 4) outputs.
+  out = 1 + math.ceil((size - 11) / 4)
+  pad = (out - 1) * 4 + 11 - size
+  x = _conv(x, w["conv1.weight"], w["conv1.bias"], 4, ((0, pad), (0, pad)), 1)
+  x = _maxpool(lrn_loop(jax.nn.relu(x), towers, k, n, alpha, beta,
+                        convention), *pool)
+  x = _conv(x, w["conv2.weight"], w["conv2.bias"], 1, ((2, 2), (2, 2)),
+            towers)
+  x = _maxpool(lrn_loop(jax.nn.relu(x), towers, k, n, alpha, beta,
+                        convention), *pool)
+  x = jax.nn.relu(_conv(x, w["conv3.weight"], w["conv3.bias"], 1,
+                        ((1, 1), (1, 1)), 1))
+  x = jax.nn.relu(_conv(x, w["conv4.weight"], w["conv4.bias"], 1,
+                        ((1, 1), (1, 1)), towers))
+  x = jax.nn.relu(_conv(x, w["conv5.weight"], w["conv5.bias"], 1,
+                        ((1, 1), (1, 1)), towers))
+  x = _maxpool(x, *pool)
+  x = x.reshape(x.shape[0], -1)  # channels-height-width, tower 0 first.
+  hi = jax.lax.Precision.HIGHEST
+  x = jax.nn.relu(jnp.dot(x, w["fc6.weight"].T, precision=hi) + w["fc6.bias"])
+  if dropout_masks is not None:
+    x = x * dropout_masks[0]
+  x = jax.nn.relu(jnp.dot(x, w["fc7.weight"].T, precision=hi) + w["fc7.bias"])
+  if dropout_masks is not None:
+    x = x * dropout_masks[1]
+  return jnp.dot(x, w["fc8.weight"].T, precision=hi) + w["fc8.bias"]
