@@ -117,7 +117,8 @@ def _time_passes(make_dataset: Callable[[], tf.data.Dataset], *,
 def benchmark(jpegs: Sequence[bytes], mode: Mode, *, threads: int = 1,
               batch_size: int | None = None, crop_size: int = 224,
               passes: int = 5, images_per_pass: int = 1024,
-              image_size: int = 256) -> dict[str, Any]:
+              image_size: int = 256,
+              images_prepared: bool | None = True) -> dict[str, Any]:
   """Images/s of one pipeline mode with `threads` tf.data threads.
 
   Args:
@@ -131,6 +132,9 @@ def benchmark(jpegs: Sequence[bytes], mode: Mode, *, threads: int = 1,
     passes: timed passes; the median is reported.
     images_per_pass: images per timed pass.
     image_size: side of the prepared images.
+    images_prepared: True (as for our ILSVRC-2010 builder) skips the
+      per-image JPEG header check; None checks every image (as for TFDS's
+      `imagenet2012`).
 
   Returns:
     {"images_per_s": median wall-clock rate, "images_per_cpu_s": median
@@ -156,7 +160,7 @@ def benchmark(jpegs: Sequence[bytes], mode: Mode, *, threads: int = 1,
       return input_pipeline.train_dataset_from_records(
           records, records_per_epoch=num - num % batch_size,
           batch_size=batch_size, crop_size=crop_size, seed=0, stats=stats,
-          threads=threads)
+          images_prepared=images_prepared, threads=threads)
   else:
     repeats = -(-total_batches * batch_size // num)
 
@@ -166,12 +170,13 @@ def benchmark(jpegs: Sequence[bytes], mode: Mode, *, threads: int = 1,
           num_batches=total_batches, batch_size=batch_size,
           crop_size=crop_size,
           crops="ten" if mode == "eval_ten" else "center", stats=stats,
-          threads=threads)
+          images_prepared=images_prepared, threads=threads)
 
   result = _time_passes(make_dataset, images_per_batch=batch_size,
                         warmup_batches=warmup_batches,
                         batches_per_pass=batches_per_pass, passes=passes)
   result.update(mode=mode, threads=threads, batch_size=batch_size,
+                images_prepared=images_prepared,
                 crop_size=crop_size, passes=passes,
                 images_per_pass=batches_per_pass * batch_size)
   return result
@@ -208,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--crop_size", type=int, default=224)
   parser.add_argument("--passes", type=int, default=5)
   parser.add_argument("--images_per_pass", type=int, default=1024)
+  parser.add_argument("--check_headers", action="store_true",
+                      help="check every JPEG's size (the path for builders "
+                      "that store original-size images)")
   parser.add_argument("--json", default=None, help="write results here")
   args = parser.parse_args(argv)
 
@@ -231,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   for mode in args.modes.split(","):
     result = benchmark(jpegs, mode, threads=args.threads,
                        crop_size=args.crop_size, passes=args.passes,
-                       images_per_pass=args.images_per_pass)
+                       images_per_pass=args.images_per_pass,
+                       images_prepared=None if args.check_headers else True)
     report["results"].append(result)
     print(f"{mode:12s} threads={args.threads} batch={result['batch_size']:4d}"
           f" {result['images_per_s']:8.1f} images/s "

@@ -72,6 +72,11 @@ def default_config() -> ml_collections.ConfigDict:
   # "paper": N(0, 0.01^2) weights, bias 1 in conv2, conv4, conv5, fc6, fc7
   # (§5). "caffe": bvlc_alexnet's fc6/fc7 std 0.005 and biases 0.1.
   c.init = "paper"
+  # Not in the paper: multiply each layer's weight std by
+  # sqrt(paper fan-in / this fan-in), so that a reduced-width model (demo,
+  # tests) starts with the paper's per-layer activation scale instead of
+  # stalling at ln(num_classes). No effect at the paper's widths.
+  c.init_scale_to_width = False
   # Compute dtype of convolutions and matmuls; parameters stay float32 and
   # LRN, softmax and the loss are computed in float32.
   c.dtype = "float32"
@@ -383,9 +388,19 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None
       dropout_rate=config.dropout_rate,
       init_scheme=config.init,
       dtype=jnp.dtype(config.dtype),
-      model_axis=parallel.MODEL if mesh is not None else None,
+      model_axis=parallel.tower_axis(mesh),
       data_axis=parallel.DATA if mesh is not None else None,
   )
+
+
+def _fan_in(name: str, shapes: Any) -> int:
+  """Inputs per unit of a layer, from its stored kernel shape."""
+  shape = shapes[name]["kernel"].shape
+  if name in CONV_LAYERS:
+    return math.prod(shape[1:-1])  # [T, kh, kw, I, O]
+  if name == "fc7":
+    return shape[1]  # [T, all fc6 units, own units]
+  return shape[0] * shape[1]  # fc6, fc8: [T, own rows, O]; rows of all T.
 
 
 def init_params(config: ml_collections.ConfigDict, rng: Array,
@@ -406,6 +421,11 @@ def init_params(config: ml_collections.ConfigDict, rng: Array,
       lambda x: module.init({"params": jax.random.key(0)}, x),
       images)["params"]
   consts = _init_constants(config.init)
+  if config.init_scale_to_width:
+    paper = param_shapes(default_config())
+    consts = {name: (std * math.sqrt(_fan_in(name, paper) /
+                                     _fan_in(name, shapes)), bias)
+              for name, (std, bias) in consts.items()}
   towers = config.num_towers
   sizes = {name: math.prod(shapes[name]["kernel"].shape[1:])
            for name in CONV_LAYERS + FC_LAYERS}

@@ -110,6 +110,7 @@ def make_optimizer(config: ml_collections.ConfigDict
 
 
 def get_learning_rate(opt_state: Any) -> jax.Array:
+  """The rate of the last update (or, before any, of the first)."""
   return opt_state.hyperparams["learning_rate"]
 
 

@@ -121,6 +121,17 @@ def towers_per_device(mesh: Mesh | None, num_towers: int) -> int:
   return num_towers // mesh.shape[MODEL]
 
 
+def tower_axis(mesh: Mesh | None) -> str | None:
+  """The axis towers communicate over: None when one device holds them all.
+
+  With mesh.model = 1 the model needs no collectives at all, so none are
+  emitted (XLA would keep singleton-group ones otherwise).
+  """
+  if mesh is None or mesh.shape[MODEL] == 1:
+    return None
+  return MODEL
+
+
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   """Validates the global batch against the data axis; returns per-shard."""
   data = mesh.shape[DATA]
@@ -171,9 +182,14 @@ def shard_model(local_apply: Callable[..., jax.Array], mesh: Mesh,
   sharded over DATA only.
   """
   rng_spec = None if rng is None else P()
+  if tower_axis(mesh) is None:
+    # One device holds every tower: parameters are whole on each device.
+    specs = jax.tree.map(lambda _: P(), params)
+  else:
+    specs = param_specs(params)
   return jax.shard_map(
       local_apply, mesh=mesh,
-      in_specs=(param_specs(params), P(DATA), rng_spec),
+      in_specs=(specs, P(DATA), rng_spec),
       out_specs=P(DATA), check_vma=True)
 
 

@@ -117,7 +117,8 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
     params = optax.apply_updates(state.params, updates)
     top1, top5 = topk_errors(logits, batch["label"])
     metrics = dict(loss=loss, top1_error=top1.mean(), top5_error=top5.mean(),
-                   learning_rate=optim.get_learning_rate(state.opt_state))
+                   # The rate this update used (recorded by the update).
+                   learning_rate=optim.get_learning_rate(opt_state))
     new_state = state.replace(step=state.step + 1, params=params,
                               opt_state=opt_state)
     return new_state, metrics

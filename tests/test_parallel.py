@@ -1,0 +1,104 @@
+"""The mesh, its validation, and the collectives of the compiled program."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import parallel
+from tests import helpers
+
+_COLLECTIVE = re.compile(
+    r"= (?P<type>[^{ ]+)\S* (?P<op>all-gather|reduce-scatter|all-reduce|"
+    r"collective-permute|all-to-all)(?:-start)?\(.*?replica_groups="
+    r"(?P<groups>\{[^=]*\}\})")
+
+
+def compiled_collectives(config, mesh_shape, batch):
+  """(op, result type, replica groups) of each collective in the forward."""
+  mesh = parallel.make_mesh(*mesh_shape)
+  params = model_lib.init_params(config, jax.random.key(0), mesh)
+  size = config.image_size
+  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32,
+                                sharding=parallel.batch_sharding(mesh))
+  hlo = jax.jit(model_lib.make_apply(config, mesh)).lower(
+      params, images).compile().as_text()
+  return [(m["op"], m["type"], m["groups"]) for m in _COLLECTIVE.finditer(hlo)]
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 2), (2, 2)])
+def test_forward_communicates_only_where_the_paper_does(mesh_shape):
+  """Exactly 4 collectives, all within a tower pair: conv3, fc6, fc7, fc8.
+
+  A change that adds communication anywhere else (or changes a collective's
+  kind or size) fails here. Shapes are per device: batch per data shard B.
+  """
+  config = helpers.tiny_model_config()  # pool2 5x5, per tower 8 channels.
+  data = mesh_shape[0]
+  B = 4 // data
+  got = compiled_collectives(config, mesh_shape, batch=4)
+  groups = "{{0,1}}" if data == 1 else "{{0,1},{2,3}}"
+  assert got == [
+      # conv3 input: both towers' pool2 maps, 5x5x(2x8).
+      ("all-gather", f"f32[{B},5,5,16]", groups),
+      # fc6: partial sums of all 2x16 units -> own 16.
+      ("reduce-scatter", f"f32[{B},16]", groups),
+      # fc7 input: all fc6 units.
+      ("all-gather", f"f32[{B},32]", groups),
+      # fc8: partial logits summed over towers.
+      ("all-reduce", f"f32[{B},10]", groups),
+  ], got
+
+
+def test_paper_model_collective_sizes():
+  """The paper's sizes (and so the byte counts in parallel.py's docstring)."""
+  got = compiled_collectives(model_lib.default_config(), (1, 2), batch=1)
+  assert [(op, t) for op, t, _ in got] == [
+      ("all-gather", "f32[1,13,13,256]"),  # 128 channels sent per device.
+      ("reduce-scatter", "f32[1,2048]"),
+      ("all-gather", "f32[1,4096]"),
+      ("all-reduce", "f32[1,1000]"),
+  ]
+
+
+def test_one_device_per_two_towers_has_no_collectives():
+  assert compiled_collectives(helpers.tiny_model_config(), (2, 1), 4) == []
+
+
+def test_mesh_shapes():
+  mesh = parallel.make_mesh(2, 2)
+  assert dict(mesh.shape) == {parallel.DATA: 2, parallel.MODEL: 2}
+  assert dict(parallel.make_mesh(-1, 2).shape) == {"data": 2, "model": 2}
+  assert dict(parallel.make_mesh(-1, 1).shape) == {"data": 4, "model": 1}
+
+
+@pytest.mark.parametrize("data,model,message", [
+    (1, 3, r"mesh.model=3 is impossible.*mesh.model in \[1, 2\]"),
+    (1, 0, r"mesh.model=0 is impossible"),
+    (4, 2, r"needs 8 devices but only 4 are available"),
+    (0, 2, r"mesh.data=0 must be >= 1"),
+])
+def test_bad_mesh_shapes_fail_with_a_clear_message(data, model, message):
+  with pytest.raises(parallel.MeshError, match=message):
+    parallel.make_mesh(data, model)
+
+
+def test_batch_not_divisible_by_data_axis():
+  mesh = parallel.make_mesh(2, 2)
+  assert parallel.check_batch_size(128, mesh) == 64
+  with pytest.raises(parallel.MeshError, match=r"batch size 5 .* mesh.data=2"):
+    parallel.check_batch_size(5, mesh)
+
+
+def test_param_shardings_hold_one_tower_per_device():
+  mesh = parallel.make_mesh(1, 2)
+  params = model_lib.init_params(helpers.tiny_model_config(),
+                                 jax.random.key(0), mesh)
+  kernel = params["conv2"]["kernel"]
+  assert [s.data.shape[0] for s in kernel.addressable_shards] == [1, 1]
+  assert [s.index[0] for s in kernel.addressable_shards] == [
+      slice(0, 1), slice(1, 2)]
+  bias8 = params["fc8"]["bias"]
+  assert bias8.sharding.is_fully_replicated
