@@ -13,9 +13,16 @@ Images
   rescales the shorter side to 256 and takes the central 256x256 once, when
   the data set is prepared). TFDS's own `imagenet2012` and `imagenette` store
   images of any size; for those the same rescale + central crop happens on
-  the fly, before anything else. Which path an image takes is decided per
-  image from its JPEG header, so any builder with `image` and `label`
-  features works.
+  the fly, before anything else. A builder that declares fixed 256x256x3
+  JPEG images (ours) skips every check; otherwise each image's JPEG header
+  decides, so any builder with `image` and `label` features works.
+
+Speed
+  Per example only the JPEG is decoded -- for training only the crop
+  window (`decode_and_crop_jpeg`), into uint8. Flip, mean subtraction,
+  lighting and the float conversion run once per batch as one XLA-compiled
+  loop: as separate TensorFlow ops they cost more than the decode itself.
+  `python -m alexnet_jax.input_benchmark` measures images/s per core.
 
 PCA lighting and its scale trap
   The paper adds `[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T` to every pixel, with
@@ -68,10 +75,11 @@ Multi-host
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 import dataclasses
 import io
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import os
 from typing import Literal
 
 from absl import logging
@@ -79,6 +87,8 @@ import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from alexnet_jax import parallel
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -101,13 +111,10 @@ IMAGE_SIZE = 256
 # The paper's test-time patches: 4 corners + center and their reflections
 # (paper §4.1).
 NUM_EVAL_PATCHES = 10
-# The mesh axis that the batch is sharded over.
-DATA_AXIS = "data"
 # Fixed so that a seed means the same thing on every machine ("auto_select"
 # may pick a different generator on a different device).
 _RNG_ALG = "philox"
 # Tags that separate the random streams derived from one user seed.
-_FILE_ORDER_TAG = 0
 _SHUFFLE_TAG = 1
 _AUGMENT_TAG = 2
 _STATS_FILE_FORMAT = 1
@@ -222,33 +229,56 @@ def stats_file_name(builder: tfds.core.DatasetBuilder, split: str,
           f"{builder.version}-{split}-{image_size}px-{cap}.npz")
 
 
-def compute_stats(images: Iterable[np.ndarray]) -> InputStats:
-  """Mean image and pixel covariance of batches of uint8 [n, s, s, 3].
+def compute_stats(images: tf.data.Dataset, batch_size: int = 64) -> InputStats:
+  """Mean image and pixel covariance of a dataset of uint8 [s, s, 3] images.
+
+  The moments are sums of integers, accumulated exactly (int64 for the
+  image sum; float64 holds the pixel products exactly up to 2^53, about
+  1.4 M ImageNet-size images' worth); the per-image work runs inside
+  tf.data, in parallel.
 
   Args:
-    images: batches of prepared (s x s) images on the 0-255 scale.
+    images: prepared (s x s) images on the 0-255 scale.
+    batch_size: images summed per step.
 
   Returns:
-    The statistics, accumulated in float64.
+    The statistics.
   """
-  image_sum = 0.0
+
+  def moments(image):
+    pixels = tf.cast(tf.reshape(image, [-1, 3]), tf.float64)
+    return {"image": image,
+            "pixel_sum": tf.reduce_sum(pixels, axis=0),
+            "pixel_outer_sum": tf.matmul(pixels, pixels, transpose_a=True)}
+
+  def batch_sums(batch):
+    return {"image_sum": tf.reduce_sum(tf.cast(batch["image"], tf.int32),
+                                       axis=0),
+            "pixel_sum": tf.reduce_sum(batch["pixel_sum"], axis=0),
+            "pixel_outer_sum": tf.reduce_sum(batch["pixel_outer_sum"], axis=0),
+            "num_images": tf.shape(batch["image"])[0]}
+
+  sums = (images.map(moments, num_parallel_calls=tf.data.AUTOTUNE)
+          .batch(batch_size)
+          .map(batch_sums, num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(2))
+  image_sum = 0
   pixel_sum = np.zeros(3, np.float64)
   pixel_outer_sum = np.zeros((3, 3), np.float64)
   num_images = 0
-  for batch in images:
-    batch = batch.astype(np.float64)
-    image_sum += batch.sum(axis=0)
-    pixels = batch.reshape(-1, 3)
-    pixel_sum += pixels.sum(axis=0)
-    pixel_outer_sum += pixels.T @ pixels
-    num_images += batch.shape[0]
+  for batch in sums.as_numpy_iterator():
+    image_sum = image_sum + batch["image_sum"].astype(np.int64)
+    pixel_sum += batch["pixel_sum"]
+    pixel_outer_sum += batch["pixel_outer_sum"]
+    num_images += int(batch["num_images"])
   if num_images == 0:
     raise ValueError("No images to compute statistics from.")
   num_pixels = image_sum.size // 3 * num_images
   pixel_mean = pixel_sum / num_pixels
   covariance = pixel_outer_sum / num_pixels - np.outer(pixel_mean, pixel_mean)
-  return InputStats(mean_image=(image_sum / num_images).astype(np.float32),
-                    pixel_covariance=covariance, num_images=num_images)
+  mean_image = (image_sum / num_images).astype(np.float32)
+  return InputStats(mean_image=mean_image, pixel_covariance=covariance,
+                    num_images=num_images)
 
 
 def compute_or_load_stats(builder: tfds.core.DatasetBuilder, *,
@@ -273,8 +303,8 @@ def compute_or_load_stats(builder: tfds.core.DatasetBuilder, *,
     The statistics. Every process computes the same values; the cache write
     is atomic, so concurrent processes are safe.
   """
-  path = f"{cache_dir or builder.data_dir}/" + stats_file_name(
-      builder, split, max_images, image_size)
+  path = os.path.join(cache_dir or builder.data_dir,
+                      stats_file_name(builder, split, max_images, image_size))
   if tf.io.gfile.exists(path):
     logging.info("Loading input statistics from %s", path)
     return InputStats.load(path)
@@ -286,8 +316,9 @@ def compute_or_load_stats(builder: tfds.core.DatasetBuilder, *,
   prepared = images_prepared(builder, image_size)
   images = records.map(
       lambda r: _decode_prepared(r["image"], image_size, prepared),
-                       num_parallel_calls=tf.data.AUTOTUNE)
-  stats = compute_stats(images.batch(64).prefetch(2).as_numpy_iterator())
+      num_parallel_calls=tf.data.AUTOTUNE)
+  stats = compute_stats(images)
+  tf.io.gfile.makedirs(os.path.dirname(path))
   stats.save(path)
   logging.info("Saved input statistics (%d images) to %s", stats.num_images,
                path)
@@ -629,10 +660,11 @@ def _make_train_finish(stats: InputStats, crop_size: int,
                        pca_lighting_scale: LightingScale):
   """Flip, mean subtraction and lighting of a batch of uint8 crops.
 
-  Done as one XLA-compiled function per batch: the separate TensorFlow ops
-  (cast, window of the mean, flip, broadcast add) each make a pass over the
-  float image and together cost about 3x the JPEG decode; fused, they are
-  one pass (see input_benchmark).
+  Done as one XLA-compiled function per batch: as separate TensorFlow ops
+  (cast, window of the mean, flip, broadcast add of the offset) each pass
+  over the float image and together they cost about twice the JPEG decode
+  (~550 vs ~280 us per 224x224 image on one core); fused, they are one pass
+  of ~100 us (see input_benchmark).
   """
   mean_image = tf.constant(stats.mean_image)
   lighting = tf.constant(stats.lighting_matrix(pca_lighting_scale))
@@ -685,7 +717,8 @@ def make_train_dataset(
     process_index: this process, in [0, process_count).
     process_count: number of JAX processes (hosts).
     split: the training split.
-    shuffle_buffer_size: undecoded records in the shuffle buffer.
+    shuffle_buffer_size: undecoded records in the shuffle buffer (10,000
+      prepared 256x256 JPEGs of ~25 KB take ~250 MB).
     pca_lighting_std: std of the lighting coefficients (paper: 0.1; 0 = off).
     pca_lighting_scale: "std" (authors' code) or "unit_variance".
     threads: tf.data private thread pool size (None: TF's default).
@@ -901,20 +934,21 @@ def to_global_array(batch: Mapping[str, np.ndarray],
   """Assembles the global batch from every process's local batch.
 
   The leading (batch) axis is sharded over the mesh's `data` axis and
-  replicated over the others. Each process passes its own local batch; the
-  global batch is the processes' batches concatenated in process order.
-  Assumes the `data` axis spans the processes evenly, i.e. no two processes
-  hold replicas of the same data shard.
+  replicated over the others. Each process passes its own local batch,
+  whose rows land on the shards of that process's own devices (no data moves
+  between hosts). Assumes the `data` axis spans the processes evenly, i.e.
+  no two processes hold replicas of the same data shard (keep `model` within
+  a host).
 
   Args:
     batch: process-local arrays, all with the same leading size.
-    mesh: the device mesh; must have an axis named `DATA_AXIS`.
+    mesh: the device mesh; must have the axis `parallel.DATA`.
 
   Returns:
     jax.Arrays of global shape [local_batch * process_count, ...].
   """
-  sharding = jax.sharding.NamedSharding(mesh,
-                                        jax.sharding.PartitionSpec(DATA_AXIS))
+  sharding = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(parallel.DATA))
 
   def to_global(key, x):
     x = np.asarray(x)
