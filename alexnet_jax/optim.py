@@ -42,13 +42,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.decay_biases = False
   # "plateau": divide by `factor` when the validation error stops improving,
   # at most `max_drops` times (§5). "steps": divide by `factor` at each of
-  # `boundaries` (in steps), the common fixed alternative.
+  # `boundary_epochs`, the common fixed alternative (e.g. every 30 epochs).
   c.schedule = "plateau"
   c.factor = 0.1
   c.max_drops = 3
   c.patience = 1  # Evaluations without improvement before a drop.
   c.min_improvement = 0.0  # An error must fall by more than this to count.
-  c.boundaries = ()
+  c.boundary_epochs = (30, 60, 90)
   return c
 
 
@@ -94,14 +94,18 @@ def step_schedule(base: float, boundaries: tuple[int, ...],
       base, {int(b): factor for b in boundaries})
 
 
-def make_optimizer(config: ml_collections.ConfigDict
-                   ) -> optax.GradientTransformation:
-  """The optimizer for an `optim` config (see `default_config`)."""
+def make_optimizer(config: ml_collections.ConfigDict,
+                   steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """The optimizer for an `optim` config (see `default_config`).
+
+  `steps_per_epoch` converts the "steps" schedule's epochs into steps.
+  """
   if config.schedule == "plateau":
     lr = config.learning_rate  # Changed by PlateauSchedule between steps.
   elif config.schedule == "steps":
-    lr = step_schedule(config.learning_rate, tuple(config.boundaries),
-                       config.factor)
+    boundaries = tuple(int(round(e * steps_per_epoch))
+                       for e in config.boundary_epochs)
+    lr = step_schedule(config.learning_rate, boundaries, config.factor)
   else:
     raise ValueError(
         f"optim.schedule={config.schedule!r}: use 'plateau' or 'steps'.")

@@ -12,6 +12,7 @@ them (on logging steps only), so a step never blocks the host.
 from __future__ import annotations
 
 from collections.abc import Callable
+import functools
 from typing import Any
 
 import flax.struct
@@ -54,23 +55,39 @@ def state_shardings(tx: optax.GradientTransformation, mesh: Mesh,
                     opt_state=opt_shardings, rng=replicated)
 
 
+def _initial_state(tx: optax.GradientTransformation, params: Any,
+                   rng: Array) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params), rng=rng)
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
+                         steps_per_epoch: int = 1
+                         ) -> tuple[TrainState, TrainState]:
+  """(shapes of the TrainState, its shardings); nothing is computed.
+
+  The shapes are what a checkpoint restores into (on any mesh).
+  """
+  tx = optim.make_optimizer(config.optim, steps_per_epoch)
+  abstract = jax.eval_shape(functools.partial(_initial_state, tx),
+                            model_lib.param_shapes(config.model),
+                            jax.random.key(0))
+  return abstract, state_shardings(tx, mesh, abstract)
+
+
 def create_train_state(config: ml_collections.ConfigDict, rng: Array,
-                       mesh: Mesh) -> tuple[TrainState, TrainState]:
+                       mesh: Mesh, steps_per_epoch: int = 1
+                       ) -> tuple[TrainState, TrainState]:
   """Initial TrainState, created directly with its shardings.
 
   `config` has `model` and `optim` sections. Returns (state, shardings).
   """
   params_rng, dropout_rng = jax.random.split(rng)
-  tx = optim.make_optimizer(config.optim)
+  tx = optim.make_optimizer(config.optim, steps_per_epoch)
   params = model_lib.init_params(config.model, params_rng, mesh)
-
-  def init(params, rng):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=rng)
-
-  shardings = state_shardings(tx, mesh, jax.eval_shape(init, params,
-                                                       dropout_rng))
-  state = jax.jit(init, out_shardings=shardings)(params, dropout_rng)
+  _, shardings = abstract_train_state(config, mesh, steps_per_epoch)
+  state = jax.jit(functools.partial(_initial_state, tx),
+                  out_shardings=shardings)(params, dropout_rng)
   return state, shardings
 
 
@@ -89,11 +106,14 @@ def topk_errors(scores: Array, labels: Array) -> tuple[Array, Array]:
   # Rank of the true class = number of classes scored strictly higher.
   true_score = jnp.take_along_axis(scores, labels[:, None], axis=-1)
   rank = jnp.sum(scores > true_score, axis=-1)
-  return (rank >= 1).astype(jnp.float32), (rank >= k).astype(jnp.float32)
+  # Non-finite scores count as wrong (NaN compares false with everything).
+  invalid = ~jnp.all(jnp.isfinite(scores), axis=-1)
+  return ((rank >= 1) | invalid).astype(jnp.float32), (
+      (rank >= k) | invalid).astype(jnp.float32)
 
 
 def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
-                    shardings: TrainState
+                    shardings: TrainState, steps_per_epoch: int = 1
                     ) -> Callable[[TrainState, Batch], tuple[TrainState,
                                                              dict[str, Array]]]:
   """A jitted `train_step(state, batch) -> (state, metrics)`.
@@ -102,7 +122,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
   state's buffers are donated: do not use the old state afterwards.
   """
   apply = model_lib.make_apply(config.model, mesh)
-  tx = optim.make_optimizer(config.optim)
+  tx = optim.make_optimizer(config.optim, steps_per_epoch)
 
   def train_step(state: TrainState, batch: Batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -148,6 +168,16 @@ def make_predict(config: ml_collections.ConfigDict, mesh: Mesh
   return jax.jit(predict)
 
 
+def error_sums(probs: Array, labels: Array, mask: Array) -> dict[str, Array]:
+  """Sums over the real examples (mask 1) of loss, top-1/top-5 errors."""
+  mask = mask.astype(jnp.float32)
+  top1, top5 = topk_errors(probs, labels)
+  true_prob = jnp.take_along_axis(probs, labels[:, None], -1)[:, 0]
+  nll = -jnp.log(jnp.maximum(true_prob, 1e-30))
+  return dict(loss=jnp.sum(nll * mask), top1_error=jnp.sum(top1 * mask),
+              top5_error=jnp.sum(top5 * mask), count=jnp.sum(mask))
+
+
 def make_eval_step(config: ml_collections.ConfigDict, mesh: Mesh
                    ) -> Callable[[Any, Batch], dict[str, Array]]:
   """A jitted `eval_step(params, batch) -> sums` over the real examples.
@@ -160,11 +190,6 @@ def make_eval_step(config: ml_collections.ConfigDict, mesh: Mesh
 
   def eval_step(params, batch):
     probs = predict(params, batch["image"])
-    mask = batch["mask"].astype(jnp.float32)
-    top1, top5 = topk_errors(probs, batch["label"])
-    true_prob = jnp.take_along_axis(probs, batch["label"][:, None], -1)[:, 0]
-    nll = -jnp.log(jnp.maximum(true_prob, 1e-30))
-    return dict(loss=jnp.sum(nll * mask), top1_error=jnp.sum(top1 * mask),
-                top5_error=jnp.sum(top5 * mask), count=jnp.sum(mask))
+    return error_sums(probs, batch["label"], batch["mask"])
 
   return jax.jit(eval_step)

@@ -71,8 +71,8 @@ def test_differs_from_raw_gradient_momentum_after_a_drop():
 def test_step_schedule():
   config = optim.default_config()
   config.schedule = "steps"
-  config.boundaries = (3, 6)
-  tx = optim.make_optimizer(config)
+  config.boundary_epochs = (1.5, 3)
+  tx = optim.make_optimizer(config, steps_per_epoch=2)
   params = {"w": jnp.zeros(())}
   state = tx.init(params)
   seen = []

@@ -67,6 +67,9 @@ def test_topk_errors():
   np.testing.assert_array_equal(top1, [0.0, 1.0, 1.0])
   # Label 0 has 4 classes above it (in the top 5), label 3 has 5 (not).
   np.testing.assert_array_equal(top5, [0.0, 0.0, 1.0])
+  top1, top5 = steps.topk_errors(scores.at[0, 2].set(jnp.nan),
+                                 jnp.array([6, 0, 3]))
+  np.testing.assert_array_equal(top1, [1.0, 1.0, 1.0])  # NaN is wrong.
 
 
 def test_eval_step_masks_padding_and_averages_ten_crops():

@@ -1,0 +1,97 @@
+r"""Evaluates trained models: `python -m alexnet_jax.evaluate`.
+
+  python -m alexnet_jax.evaluate --workdir=workdirs/demo \
+      [--workdir=workdirs/demo_seed1 ...] [--split=validation] \
+      [--crops=center,ten] [--output=results.json]
+  python -m alexnet_jax.evaluate --npz=weights.npz \
+      --config=configs/ilsvrc2010.py [--input_channels=bgr]
+
+A workdir is evaluated at its latest checkpoint with the config saved in it
+(`config.json`), on a mesh of this machine's devices (any mesh: a model
+trained on 2 devices evaluates on 1). Several workdirs (and/or an .npz) form
+an ensemble that averages their softmax outputs, like the paper's averaged
+CNNs (§6). Top-1/top-5 errors are printed and, with --output, written as
+JSON.
+"""
+
+import json
+import sys
+from collections.abc import Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from alexnet_jax import evaluation
+from alexnet_jax import model as model_lib
+from alexnet_jax import parallel
+from alexnet_jax import weights
+
+_WORKDIRS = flags.DEFINE_multi_string(
+    "workdir", None, "Training workdir(s); several = an ensemble that "
+    "averages their softmax outputs.")
+_NPZ = flags.DEFINE_string("npz", None, "Weights in the Caffe layout (.npz).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config of the --npz model (and its data).",
+    lock_config=True)
+_CHANNELS = flags.DEFINE_enum("input_channels", "rgb", ["rgb", "bgr"],
+                              "Channel order the --npz conv1 expects.")
+_SPLIT = flags.DEFINE_string("split", "validation", "Split to evaluate.")
+_CROPS = flags.DEFINE_list("crops", "center,ten",
+                           "center (1 crop) and/or ten (the 10 patches).")
+_MESH_DATA = flags.DEFINE_integer("mesh_data", -1, "Data axis of the mesh.")
+_MESH_MODEL = flags.DEFINE_integer(
+    "mesh_model", 1, "Model axis of the mesh (any, whatever trained it).")
+_OUTPUT = flags.DEFINE_string("output", None, "Write the results (JSON).")
+
+
+def main(argv: Sequence[str]) -> None:
+  # Imported here: the training program needs TensorFlow (data), the
+  # library functions above do not.
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _WORKDIRS.value and not _NPZ.value:
+    raise app.UsageError("give --workdir (one or more) and/or --npz.")
+  for c in _CROPS.value:
+    if c not in evaluation.CROPS:
+      raise app.UsageError(f"--crops: {c!r} is not one of {evaluation.CROPS}.")
+  if _NPZ.value and _CONFIG.value is None:
+    raise app.UsageError("--npz needs --config (the model it fits).")
+  configs = [_CONFIG.value] if _NPZ.value else []
+  configs += [train.load_workdir_config(w) for w in _WORKDIRS.value or ()]
+  evaluation.check_ensemble(configs)
+  train.setup_devices(configs[0])
+  mesh = parallel.make_mesh(_MESH_DATA.value, _MESH_MODEL.value,
+                            num_towers=configs[0].model.num_towers)
+  members = []
+  if _NPZ.value:
+    shapes = model_lib.param_shapes(configs[0].model)
+    host = weights.import_npz(_NPZ.value, shapes, _CHANNELS.value)
+    shardings = parallel.named_shardings(mesh, parallel.param_specs(shapes))
+    members.append((configs[0], jax.device_put(host, shardings)))
+  for workdir in _WORKDIRS.value or ():
+    config = configs[len(members)]
+    params, step = evaluation.restore_params(workdir, config, mesh)
+    logging.info("%s: restored step %d", workdir, step)
+    members.append((config, params))
+  try:
+    data = train.Data(configs[0], mesh)
+    results = {_SPLIT.value: {
+        c: evaluation.evaluate(members, mesh, data.eval_batches(_SPLIT.value, c))
+        for c in _CROPS.value}}
+  except train.USER_ERRORS as e:
+    sys.exit(f"error: {e}")
+  print(evaluation.format_table(results))
+  if _OUTPUT.value and jax.process_index() == 0:
+    with open(_OUTPUT.value, "w") as f:
+      json.dump(dict(workdirs=_WORKDIRS.value or [], npz=_NPZ.value,
+                     results=results), f, indent=2)
+    print(f"wrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

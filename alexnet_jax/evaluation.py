@@ -1,0 +1,103 @@
+"""Evaluation: top-1/top-5 error with 1 or 10 crops, single models and
+ensembles (§4.1, §6).
+
+`evaluate(members, mesh, batches)` runs one pass over a split and averages
+the softmax over the members (one member = one model; several = the paper's
+averaged CNNs) and over the crops. Every example counts exactly once. The
+command line is `python -m alexnet_jax.evaluate` (evaluate.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import ml_collections
+
+from alexnet_jax import checkpoint
+from alexnet_jax import steps
+
+CROPS = ("center", "ten")
+
+
+def check_ensemble(configs: Sequence[ml_collections.ConfigDict]) -> None:
+  """Members must read the same images: same crop size and classes."""
+  first = configs[0].model
+  for c in configs[1:]:
+    if (c.model.image_size, c.model.num_classes) != (
+        first.image_size, first.num_classes):
+      raise ValueError(
+          "ensemble members differ in model.image_size or "
+          f"model.num_classes: {(first.image_size, first.num_classes)} vs "
+          f"{(c.model.image_size, c.model.num_classes)}.")
+
+
+def evaluate(members: Sequence[tuple[ml_collections.ConfigDict, Any]],
+             mesh: Mesh, batches: Any) -> dict[str, float]:
+  """Top-1/top-5 error and loss over `batches`, averaging members' softmax.
+
+  Args:
+    members: (config, params) pairs; params placed for `mesh`.
+    mesh: the device mesh.
+    batches: iterable of global batches with `image` ([B, S, S, 3] or
+      [B, crops, S, S, 3]), `label` and `mask`.
+
+  Returns:
+    {"top1_error", "top5_error", "loss", "count", "seconds"}; errors are
+    fractions of the real (unmasked) examples.
+  """
+  check_ensemble([c for c, _ in members])
+  predicts = [steps.make_predict(c, mesh) for c, _ in members]
+  error_sums = jax.jit(steps.error_sums)
+  totals = None
+  start = time.time()
+  for batch in batches:
+    probs = sum(p(params, batch["image"])
+                for p, (_, params) in zip(predicts, members))
+    sums = error_sums(probs / len(members), batch["label"], batch["mask"])
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    raise ValueError("evaluation saw no batches.")
+  totals = jax.device_get(totals)  # The only host sync of the pass.
+  count = float(totals["count"])
+  return dict(top1_error=float(totals["top1_error"]) / count,
+              top5_error=float(totals["top5_error"]) / count,
+              loss=float(totals["loss"]) / count, count=int(count),
+              seconds=time.time() - start)
+
+
+def format_table(results: dict[str, dict[str, dict[str, float]]],
+                 extra_rows: Sequence[tuple[str, str]] = ()) -> str:
+  """A small text table: split x crops -> top-1 / top-5 error."""
+  lines = [f"{'split':<12} {'crops':<7} {'top-1 err':>9} {'top-5 err':>9} "
+           f"{'images':>7}"]
+  for split, by_crops in results.items():
+    for crops, r in by_crops.items():
+      lines.append(f"{split:<12} {crops:<7} {100 * r['top1_error']:>8.2f}% "
+                   f"{100 * r['top5_error']:>8.2f}% {r['count']:>7d}")
+  for name, value in extra_rows:
+    lines.append(f"{name}: {value}")
+  return "\n".join(lines)
+
+
+def restore_params(workdir: str, config: ml_collections.ConfigDict,
+                   mesh: Mesh) -> tuple[Any, int]:
+  """The latest checkpoint's parameters in `workdir`, laid out for `mesh`.
+
+  The mesh may differ from the training mesh (e.g. trained on 2 devices,
+  evaluated on 1).
+  """
+  abstract, shardings = steps.abstract_train_state(config, mesh)
+  ckpt = checkpoint.Checkpointer(workdir)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}.")
+    state, _ = ckpt.restore_or(abstract, shardings, step=step)
+  finally:
+    ckpt.close()
+  return state.params, step

@@ -1,0 +1,90 @@
+r"""Trains AlexNet: `python -m alexnet_jax.main --config=configs/demo.py`.
+
+  python -m alexnet_jax.main --config=configs/ilsvrc2010.py \
+      [--workdir=DIR] [--config.batch_size=256] [--config.mesh.model=1]
+
+Rerunning the same command resumes from the latest checkpoint in the
+workdir. Multi-host: run the same command in every process with
+`--multihost` (TPU VMs and clusters JAX detects) or with
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
+"""
+
+import logging as logging_std
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file, e.g. configs/demo.py[:ARGS].",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None,
+    "Where checkpoints, TensorBoard events and results.json go (default: "
+    "workdirs/<config name>). Holding a checkpoint means: resume.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() (auto-detected "
+    "cluster, e.g. all workers of a TPU VM).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0 (multi-process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Number of processes (multi-process).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index (multi-process).")
+flags.mark_flags_as_required(["config"])
+
+
+def default_workdir(config_path: str) -> str:
+  """workdirs/<config file name>[_<config args>], e.g. workdirs/demo."""
+  path, _, arg = config_path.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("workdirs", name + ("_" + arg.replace(",", "_")
+                                          if arg else ""))
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter of orbax and TFDS (warnings and errors pass)."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    if record.levelno >= logging_std.WARNING:
+      return True
+    return not any(f"{os.sep}{name}{os.sep}" in record.pathname
+                   for name in ("orbax", "tensorflow_datasets"))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  config = _CONFIG.value
+  # Fake CPU devices must exist before JAX initializes a backend.
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  train.setup_devices(config)
+  if _MULTIHOST.value or _COORDINATOR.value:
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  workdir = _WORKDIR.value
+  if workdir is None:
+    workdir = default_workdir(config_flags.get_config_filename(
+        flags.FLAGS["config"]))
+    logging.info("--workdir not given: using %s", workdir)
+    print(f"workdir: {workdir}", flush=True)
+  logging.info("process %d of %d; devices: %s", jax.process_index(),
+               jax.process_count(), jax.devices())
+  try:
+    results = train.train_and_evaluate(config, workdir)
+  except train.USER_ERRORS as e:
+    # Errors with a message that says what to do: no traceback.
+    logging.error("%s: %s", type(e).__name__, e)
+    sys.exit(f"error: {e}")
+  if jax.process_index() == 0 and results.get("summary"):
+    print(results["summary"], flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

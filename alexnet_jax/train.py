@@ -1,0 +1,348 @@
+"""The training program: data, mesh, loop, checkpoints, evaluation, results.
+
+`train_and_evaluate(config, workdir)` is what `main.py` calls; a notebook can
+call it too. Resume is the default: if `workdir` holds a checkpoint, the run
+continues from it exactly (parameters, optimizer state, learning-rate and
+plateau state, RNG and data position: the data stream is a pure function of
+the step, see input_pipeline.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from alexnet_jax import checkpoint
+from alexnet_jax import data as data_lib
+from alexnet_jax import evaluation as eval_lib
+from alexnet_jax import figures
+from alexnet_jax import input_pipeline
+from alexnet_jax import optim
+from alexnet_jax import parallel
+from alexnet_jax import steps
+from alexnet_jax.data import ilsvrc2010
+from alexnet_jax.data import mini
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on (e.g. a NaN loss); the message says what to do."""
+
+
+# Errors whose message tells the user what to change: main prints them
+# without a traceback.
+USER_ERRORS = (TrainingError, parallel.MeshError, ilsvrc2010.Ilsvrc2010Error,
+               checkpoint.CheckpointMismatchError)
+
+
+def setup_devices(config: ml_collections.ConfigDict) -> None:
+  """Makes `config.cpu_devices` fake CPU devices. Call before JAX starts.
+
+  Only the CPU backend is affected: on a GPU or TPU host the mesh is made of
+  the accelerators as usual.
+  """
+  if config.get("cpu_devices", 0):
+    jax.config.update("jax_num_cpu_devices", config.cpu_devices)
+
+
+def save_workdir_config(config: ml_collections.ConfigDict,
+                        workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (written at the start of a run)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path} not found: {workdir} is not a training workdir (it is "
+        "written when `python -m alexnet_jax.main` starts).")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  # JSON turns tuples into lists; the model wants tuples (hashable fields).
+  for key in ("conv_features", "fc_features"):
+    config.model[key] = tuple(config.model[key])
+  return config
+
+
+class Data:
+  """The prepared data set, its statistics and this process's batches."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Any):
+    self.config = config
+    self.mesh = mesh
+    options = dict(config.get("dataset_options", {}) or {})
+    if config.dataset == "ilsvrc2010_mini":
+      self._generate_mini(config)
+    self.builder = data_lib.get_builder(
+        config.dataset, data_dir=config.data_dir,
+        manual_dir=config.manual_dir, **options)
+    # Process 0 prepares the data and the statistics; the others wait for
+    # it and then read what it wrote.
+    if jax.process_index() == 0:
+      data_lib.prepare(self.builder)
+    _sync("data prepared")
+    stored = self.builder.info.features["image"].shape[0]
+    self.image_size = stored or input_pipeline.IMAGE_SIZE
+    if jax.process_index() == 0:
+      self._stats()
+    _sync("statistics ready")
+    self.stats = self._stats()
+    self.steps_per_epoch = input_pipeline.train_steps_per_epoch(
+        self.builder, global_batch_size=config.batch_size,
+        process_count=jax.process_count(), split=config.train_split)
+
+  def _generate_mini(self, config):
+    """Writes the mini release into manual_dir if it is not there yet."""
+    if jax.process_index() == 0:
+      mini.ensure_manual_dir(config.manual_dir, mini.MiniParams(**config.mini))
+    _sync("mini data generated")
+
+  def baselines(self) -> dict[str, float]:
+    """Trivial classifiers' validation errors (mini data only)."""
+    if self.config.dataset != "ilsvrc2010_mini":
+      return {}
+    accuracy = mini.trivial_baselines(self.config.manual_dir)
+    return {f"{k}_top1_error": 1.0 - v for k, v in accuracy.items()}
+
+  def _stats(self) -> input_pipeline.InputStats:
+    return input_pipeline.compute_or_load_stats(
+        self.builder, max_images=self.config.stats_max_images,
+        split=self.config.train_split, image_size=self.image_size)
+
+  def train_batches(self, start_step: int):
+    ds = input_pipeline.make_train_dataset(
+        self.builder, global_batch_size=self.config.batch_size,
+        crop_size=self.config.model.image_size, seed=self.config.seed,
+        stats=self.stats, start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(), split=self.config.train_split,
+        shuffle_buffer_size=self.config.shuffle_buffer_size,
+        pca_lighting_std=self.config.pca_lighting_std,
+        pca_lighting_scale=self.config.pca_lighting_scale)
+    return input_pipeline.global_batches(ds, self.mesh)
+
+  def eval_batches(self, split: str, crops: str):
+    ds = input_pipeline.make_eval_dataset(
+        self.builder, split, global_batch_size=self.config.eval_batch_size,
+        crop_size=self.config.model.image_size, crops=crops,
+        stats=self.stats, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    return input_pipeline.global_batches(ds, self.mesh)
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def _check_config(config: ml_collections.ConfigDict, mesh: Any) -> None:
+  parallel.check_batch_size(config.batch_size, mesh)
+  parallel.check_batch_size(config.eval_batch_size, mesh)
+  for name in ("batch_size", "eval_batch_size"):
+    if config[name] % jax.process_count():
+      raise parallel.MeshError(
+          f"{name}={config[name]} is not divisible by the "
+          f"{jax.process_count()} processes.")
+  if config.num_epochs <= 0:
+    raise ValueError(f"num_epochs={config.num_epochs} must be > 0.")
+
+
+class _Progress:
+  """steps/s, images/s and ETA between logging steps (no per-step syncs)."""
+
+  def __init__(self, step: int, total_steps: int, batch_size: int):
+    self.total_steps, self.batch_size = total_steps, batch_size
+    self.last_step, self.last_time = step, None
+    self.train_seconds, self.timed_steps = 0.0, 0
+
+  def start(self, step: int) -> None:
+    """Starts the clock (after the first, compiling step)."""
+    self.last_step, self.last_time = step, time.time()
+
+  def update(self, step: int) -> dict[str, float]:
+    now = time.time()
+    if self.last_time is None:
+      self.start(step)
+      return {}
+    seconds, done = now - self.last_time, step - self.last_step
+    self.train_seconds += seconds
+    self.timed_steps += done
+    self.last_step, self.last_time = step, now
+    rate = done / max(seconds, 1e-9)
+    return dict(steps_per_sec=rate, images_per_sec=rate * self.batch_size,
+                eta_seconds=(self.total_steps - step) / max(rate, 1e-9))
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` (an evaluation, say) out of the training rate."""
+    if self.last_time is not None:
+      self.last_time += seconds
+
+  @property
+  def images_per_sec(self) -> float:
+    return self.timed_steps * self.batch_size / max(self.train_seconds, 1e-9)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _check_finite(metrics: dict[str, Any], step: int, ckpt: Any) -> None:
+  loss = float(metrics["loss"])
+  if not math.isfinite(loss):
+    last = ckpt.latest_step()
+    kept = (f"the last good checkpoint (step {last}) is kept in "
+            f"{ckpt.directory}" if last is not None else
+            "no checkpoint had been written yet")
+    raise TrainingError(
+        f"loss is {loss} at step {step}: training stopped; {kept}. Try a "
+        "lower optim.learning_rate, model.init=caffe, or check the data.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) in `workdir`, evaluates, writes results.json.
+
+  Returns the results dict that is also written to `workdir/results.json`.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh(config.mesh.data, config.mesh.model,
+                            num_towers=config.model.num_towers)
+  _check_config(config, mesh)
+  logging.info("mesh %s on %d %s devices, %d process(es)",
+               dict(mesh.shape), mesh.devices.size, jax.default_backend(),
+               jax.process_count())
+  save_workdir_config(config, workdir)
+  data = Data(config, mesh)
+  steps_per_epoch = data.steps_per_epoch
+  total_steps = config.num_epochs * steps_per_epoch
+  writer = figures.SummaryWriter(workdir)
+
+  state, shardings = steps.create_train_state(
+      config, jax.random.key(config.seed), mesh, steps_per_epoch)
+  ckpt = checkpoint.Checkpointer(
+      workdir, max_to_keep=config.keep_checkpoints,
+      save_interval_steps=config.checkpoint_every_steps)
+  plateau = optim.PlateauSchedule.from_config(config.optim)
+  state, extra = ckpt.restore_or(state, shardings)
+  start_step = int(jax.device_get(state.step))
+  if extra is not None:
+    plateau.load_state_dict(extra["plateau"])
+    logging.info("resumed from step %d in %s", start_step, ckpt.directory)
+
+  train_step = steps.make_train_step(config, mesh, shardings,
+                                     steps_per_epoch)
+  batches = data.train_batches(start_step)
+  progress = _Progress(start_step, total_steps, config.batch_size)
+  preemption = checkpoint.PreemptionFlag()
+  eval_every = config.eval_every_epochs * steps_per_epoch
+
+  def extra_state():
+    return dict(plateau=plateau.state_dict(), steps_per_epoch=steps_per_epoch)
+
+  step = start_step
+  logging.info("training steps %d..%d (%d per epoch, batch %d)", start_step,
+               total_steps, steps_per_epoch, config.batch_size)
+  with preemption:
+    while step < total_steps and not plateau.done:
+      state, metrics = train_step(state, next(batches))
+      step += 1
+      if step == start_step + 1:
+        progress.start(step)  # The first step compiled; time from here.
+      stop = preemption.should_stop(step)
+      is_log = step % config.log_every_steps == 0 or step == total_steps
+      is_ckpt = step % config.checkpoint_every_steps == 0 or stop
+      if is_log or is_ckpt:
+        # Never save a state whose loss is not finite.
+        metrics = jax.device_get(metrics)
+        _check_finite(metrics, step, ckpt)
+      if is_log:
+        rates = progress.update(step)
+        _log_train(writer, step, steps_per_epoch, metrics, rates)
+      if step % eval_every == 0 and config.eval_split:
+        result = eval_lib.evaluate([(config, state.params)], mesh,
+                                   data.eval_batches(config.eval_split,
+                                                     "center"))
+        progress.exclude(result["seconds"])
+        _log_eval(writer, step, config.eval_split, "center", result)
+        if config.optim.schedule == "plateau":
+          lr = plateau.update(result["top1_error"])
+          state = state.replace(opt_state=optim.set_learning_rate(
+              state.opt_state, lr))
+      if is_ckpt:
+        ckpt.save(step, state, extra_state(), force=stop)
+      if stop:
+        ckpt.close()
+        writer.close()
+        logging.info("stopped by a signal: saved step %d; rerun the same "
+                     "command to resume.", step)
+        return dict(preempted=True, step=step)
+    # Final checkpoint (skipped if this step is already saved).
+    ckpt.save(step, state, extra_state(), force=True)
+    ckpt.wait()
+
+  results = dict(dataset=config.dataset, step=step,
+                 epochs=step / steps_per_epoch,
+                 train_images_per_sec=progress.images_per_sec,
+                 evaluations={})
+  for split in (config.eval_split, config.test_split):
+    if not split:
+      continue
+    results["evaluations"][split] = {}
+    for crops in config.final_eval_crops:
+      r = eval_lib.evaluate([(config, state.params)], mesh,
+                            data.eval_batches(split, crops))
+      r["images_per_sec"] = r["count"] / max(r.pop("seconds"), 1e-9)
+      results["evaluations"][split][crops] = r
+      _log_eval(writer, step, split, crops, r, prefix="final")
+  results["baselines"] = data.baselines()
+  results["summary"] = eval_lib.format_table(
+      results["evaluations"],
+      [(f"trivial baseline ({k})", f"{100 * v:.1f}% top-1 error")
+       for k, v in results["baselines"].items()] +
+      [("training", f"{results['train_images_per_sec']:.0f} images/s over "
+        f"{step} steps")])
+  figures.write_conv1(writer, workdir, state.params, step)
+  writer.close()
+  ckpt.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return results
+
+
+def _log_train(writer, step, steps_per_epoch, metrics, rates):
+  scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
+  scalars.update({f"perf/{k}": v for k, v in rates.items()})
+  writer.scalars(step, scalars)
+  line = (f"step {step} (epoch {step / steps_per_epoch:.2f}) "
+          f"loss {metrics['loss']:.4f} top-1 err "
+          f"{100 * metrics['top1_error']:.1f}% lr "
+          f"{metrics['learning_rate']:.2g}")
+  if rates:
+    line += (f" | {rates['images_per_sec']:.0f} img/s, "
+             f"{rates['steps_per_sec']:.2f} steps/s, ETA "
+             f"{_format_eta(rates['eta_seconds'])}")
+  logging.info(line)
+
+
+def _log_eval(writer, step, split, crops, result, prefix="eval"):
+  writer.scalars(step, {
+      f"{prefix}/{split}/{crops}/top1_error": result["top1_error"],
+      f"{prefix}/{split}/{crops}/top5_error": result["top5_error"],
+      f"{prefix}/{split}/{crops}/loss": result["loss"]})
+  logging.info("%s %s (%s crop): top-1 error %.2f%%, top-5 error %.2f%% "
+               "over %d images", prefix, split, crops,
+               100 * result["top1_error"], 100 * result["top5_error"],
+               result["count"])
