@@ -67,11 +67,11 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
         f"{path} not found: {workdir} is not a training workdir (it is "
         "written when `python -m alexnet_jax.main` starts).")
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  # JSON turns tuples into lists; the model wants tuples (hashable fields).
-  for key in ("conv_features", "fc_features"):
-    config.model[key] = tuple(config.model[key])
-  return config
+    # JSON turns the config's tuples into lists; turn them back (the model
+    # needs hashable fields).
+    return ml_collections.ConfigDict(json.load(
+        f, object_hook=lambda d: {
+            k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}))
 
 
 class Data:

@@ -1,0 +1,208 @@
+"""The training program end to end on the generated mini data (CPU).
+
+All runs share one generated + prepared copy of the `configs/demo.py:smoke`
+data set (session fixture). Runs in subprocesses are the real command line;
+the rest call `train.train_and_evaluate` in this process.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+
+from alexnet_jax import checkpoint
+from alexnet_jax import evaluation
+from alexnet_jax import parallel
+from alexnet_jax import train
+from configs import demo
+from tests import helpers
+
+
+@pytest.fixture(scope="session")
+def smoke_dirs(tmp_path_factory):
+  """Generates and prepares the smoke data once: (data_dir, manual_dir)."""
+  root = tmp_path_factory.mktemp("smoke_data")
+  dirs = (str(root / "tfds"), str(root / "manual"))
+  config = smoke_config(dirs)
+  train.Data(config, parallel.make_mesh(1, 2))
+  return dirs
+
+
+def smoke_config(dirs, **overrides):
+  config = demo.get_config("smoke")
+  config.data_dir, config.manual_dir = dirs
+  config.update(overrides)
+  return config
+
+
+def main_command(dirs, workdir, *flags, config="configs/demo.py:smoke"):
+  return [sys.executable, "-m", "alexnet_jax.main", f"--config={config}",
+          f"--workdir={workdir}", f"--config.data_dir={dirs[0]}",
+          f"--config.manual_dir={dirs[1]}", *flags]
+
+
+def run_main(dirs, workdir, *flags, config="configs/demo.py:smoke",
+             check=True):
+  proc = subprocess.run(main_command(dirs, workdir, *flags, config=config),
+                        cwd=helpers.REPO_ROOT, capture_output=True,
+                        text=True, timeout=600)
+  if check:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+  return proc
+
+
+def start_main(dirs, workdir, *flags):
+  return subprocess.Popen(main_command(dirs, workdir, *flags),
+                          cwd=helpers.REPO_ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(workdir, proc, timeout=300):
+  """Waits until the run has committed its first checkpoint."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.isdir(ckpt_dir) and any(
+        name.isdigit() and os.path.exists(
+            os.path.join(ckpt_dir, name, "commit_success.txt"))
+        for name in os.listdir(ckpt_dir)):
+      return
+    assert proc.poll() is None, proc.stdout.read()
+    time.sleep(0.2)
+  raise TimeoutError("no checkpoint appeared")
+
+
+def final_params(workdir, config):
+  mesh = parallel.make_mesh(1, 2)
+  params, step = evaluation.restore_params(workdir, config, mesh)
+  return jax.device_get(params), step
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(smoke_dirs, tmp_path_factory):
+  """A complete smoke run of the command line: (workdir, stdout).
+
+  A subprocess like the interrupted runs below, so that all of them run the
+  same compiled programs (the test process has 4 fake devices, the command
+  2), and their parameters can be compared exactly.
+  """
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  return workdir, run_main(smoke_dirs, workdir).stdout
+
+
+def test_results_json_table_and_pictures(uninterrupted):
+  workdir, results = uninterrupted
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f)
+  assert saved["step"] == 10 and saved["epochs"] == 2.0
+  for split in ("validation", "test"):
+    for crops in ("center", "ten"):
+      r = saved["evaluations"][split][crops]
+      assert r["count"] == 30  # 3 images x 10 classes, each exactly once.
+      assert 0.0 <= r["top1_error"] <= 1.0
+      assert r["top5_error"] <= r["top1_error"]
+  assert saved["train_images_per_sec"] > 0
+  assert set(saved["baselines"]) == {"pixels_top1_error",
+                                     "mean_color_top1_error",
+                                     "chance_top1_error"}
+  # The results table is printed at the end.
+  assert "validation   ten" in results and "trivial baseline" in results
+  # Figure 3: 2 towers x 4 kernels (smoke width), tower 0 above tower 1.
+  picture = np.asarray(Image.open(os.path.join(workdir, "conv1.png")))
+  assert picture.shape == (2 * (11 * 4 + 1) + 8, 4 * (11 * 4 + 1), 3)
+  assert any(name.startswith("events.out.tfevents")
+             for name in os.listdir(workdir))
+  config = train.load_workdir_config(workdir)
+  assert config.model.conv_features == (4, 8, 8, 8, 8)
+
+
+def test_killed_and_resumed_equals_uninterrupted(smoke_dirs, uninterrupted,
+                                                 tmp_path):
+  """SIGKILL after the first checkpoint, rerun: same final parameters."""
+  workdir = str(tmp_path / "killed")
+  proc = start_main(smoke_dirs, workdir)
+  wait_for_checkpoint(workdir, proc)
+  proc.kill()  # SIGKILL: no chance to save anything more.
+  proc.wait()
+  killed_at = checkpoint.Checkpointer(workdir).latest_step()
+  assert killed_at is not None and killed_at < 10
+  run_main(smoke_dirs, workdir)  # The same command resumes.
+  config = smoke_config(smoke_dirs)
+  resumed, step = final_params(workdir, config)
+  expected, expected_step = final_params(uninterrupted[0], config)
+  assert step == expected_step == 10
+  # Bit-identical: same data, dropout masks, momentum and schedule.
+  jax.tree.map(np.testing.assert_array_equal, resumed, expected)
+
+
+def test_sigterm_saves_and_restores_on_another_mesh_and_ensembles(
+    smoke_dirs, uninterrupted, tmp_path):
+  workdir = str(tmp_path / "sigterm")
+  proc = start_main(smoke_dirs, workdir, "--config.num_epochs=200")
+  wait_for_checkpoint(workdir, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert "stopped by a signal" in out
+  stopped_at = checkpoint.Checkpointer(workdir).latest_step()
+  assert 4 <= stopped_at < 1000
+  # Trained on 2 devices (model=2), evaluated on 1 device holding both
+  # towers; an ensemble with the uninterrupted run.
+  output = tmp_path / "eval.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.evaluate",
+       f"--workdir={uninterrupted[0]}", f"--workdir={workdir}",
+       "--mesh_data=1", "--mesh_model=1", "--crops=center,ten",
+       f"--output={output}"],
+      cwd=helpers.REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  results = json.loads(output.read_text())["results"]["validation"]
+  assert results["center"]["count"] == results["ten"]["count"] == 30
+  assert "ten" in proc.stdout
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
+    smoke_dirs, tmp_path):
+  workdir = str(tmp_path / "nan")
+  train.train_and_evaluate(smoke_config(smoke_dirs, num_epochs=1), workdir)
+  assert checkpoint.Checkpointer(workdir).latest_step() == 5
+  config = smoke_config(smoke_dirs, num_epochs=2)
+  config.optim.learning_rate = 1e30
+  with pytest.raises(train.TrainingError,
+                     match=r"loss is (nan|inf) at step \d+.*step 5\) is "
+                           r"kept"):
+    train.train_and_evaluate(config, workdir)
+  assert checkpoint.Checkpointer(workdir).latest_step() == 5
+
+
+@pytest.mark.parametrize("flags,config,message", [
+    (["--config.batch_sizee=3"], "configs/demo.py:smoke", "batch_sizee"),
+    (["--config.mesh.model=3"], "configs/demo.py:smoke",
+     "mesh.model=3 is impossible"),
+    (["--config.mesh.data=2", "--config.mesh.model=1",
+      "--config.batch_size=15"], "configs/demo.py:smoke",
+     "batch size 15 is not divisible by mesh.data=2"),
+    (["--config.cpu_devices=2"], "configs/ilsvrc2010.py",
+     "ILSVRC2010_images_train.tar"),
+    ([], "configs/demo.py:nonsense", "unknown config argument"),
+])
+def test_bad_flags_and_missing_data_give_clear_errors(
+    smoke_dirs, tmp_path, flags, config, message):
+  dirs = smoke_dirs
+  if config.startswith("configs/ilsvrc2010"):
+    dirs = (str(tmp_path / "tfds"), str(tmp_path / "manual"))
+  proc = run_main(dirs, str(tmp_path / "wd"), *flags, config=config,
+                  check=False)
+  assert proc.returncode != 0
+  assert message in proc.stderr, proc.stderr
+  if "configs/" in config and "nonsense" not in config and (
+      "batch_sizee" not in flags[0]):
+    # Errors the user can act on come without a Python traceback.
+    assert "Traceback" not in proc.stderr, proc.stderr
