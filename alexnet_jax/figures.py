@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from PIL import Image
 import tensorboardX
@@ -43,16 +44,24 @@ class SummaryWriter:
       self._writer.close()
 
 
-def conv1_grid(params: Any, scale: int = 4, columns: int | None = None,
+def conv1_grid(kernel: np.ndarray, scale: int = 4, columns: int | None = None,
                pad: int = 1) -> np.ndarray:
   """The conv1 kernels as one RGB picture laid out like the paper's Figure 3.
 
   Each tower's kernels fill their own block of rows, tower 0 above tower 1
   (§6.1: tower 0's kernels are largely color-agnostic, tower 1's
   color-specific). Every kernel is scaled to [0, 255] on its own.
-  Returns uint8 [H, W, 3].
+
+  Args:
+    kernel: conv1's kernel [towers, 11, 11, 3, per-tower features] (host).
+    scale: pixels per kernel weight.
+    columns: kernels per row (default: up to 16).
+    pad: white pixels between kernels.
+
+  Returns:
+    uint8 [H, W, 3].
   """
-  kernel = np.asarray(jax.device_get(params["conv1"]["kernel"]), np.float32)
+  kernel = np.asarray(kernel, np.float32)
   towers, kh, kw, _, per_tower = kernel.shape
   columns = columns or min(per_tower, 16)
   rows = -(-per_tower // columns)
@@ -74,8 +83,13 @@ def conv1_grid(params: Any, scale: int = 4, columns: int | None = None,
 
 def write_conv1(writer: SummaryWriter, workdir: str, params: Any,
                 step: int) -> str:
-  """Writes `workdir/conv1.png` and the TensorBoard image; returns the path."""
-  grid = conv1_grid(params)
+  """Writes `workdir/conv1.png` and the TensorBoard image; returns the path.
+
+  Call it on every process: the kernel's towers may live on several hosts.
+  """
+  kernel = multihost_utils.process_allgather(params["conv1"]["kernel"],
+                                             tiled=True)
+  grid = conv1_grid(kernel)
   path = os.path.join(workdir, "conv1.png")
   if jax.process_index() == 0:
     Image.fromarray(grid).save(path)

@@ -607,6 +607,8 @@ def train_dataset_from_records(
   if records_per_epoch % batch_size or records_per_epoch < batch_size:
     raise ValueError(f"records_per_epoch={records_per_epoch} must be a "
                      f"positive multiple of batch_size={batch_size}")
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}")
   steps_per_epoch = records_per_epoch // batch_size
   start_epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
   stream = _train_records(
@@ -936,26 +938,27 @@ def to_global_array(batch: Mapping[str, np.ndarray],
   The leading (batch) axis is sharded over the mesh's `data` axis and
   replicated over the others. Each process passes its own local batch,
   whose rows land on the shards of that process's own devices (no data moves
-  between hosts). Assumes the `data` axis spans the processes evenly, i.e.
-  no two processes hold replicas of the same data shard (keep `model` within
-  a host).
+  between hosts). Processes that hold the same data rows (e.g. two hosts
+  forming the two towers) must pass the same batch: read it with
+  `parallel.process_data_shard(mesh)` as (process_index, process_count).
 
   Args:
     batch: process-local arrays, all with the same leading size.
     mesh: the device mesh; must have the axis `parallel.DATA`.
 
   Returns:
-    jax.Arrays of global shape [local_batch * process_count, ...].
+    jax.Arrays of global shape [local_batch * distinct data shards, ...].
   """
   sharding = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec(parallel.DATA))
+  _, num_shards = parallel.process_data_shard(mesh)
 
   def to_global(key, x):
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
       raise TypeError(f"Batch entry {key!r} has dtype {x.dtype}; only numeric"
                       " arrays can become jax.Arrays (drop it first).")
-    global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+    global_shape = (x.shape[0] * num_shards,) + x.shape[1:]
     return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
   return {key: to_global(key, x) for key, x in batch.items()}

@@ -65,6 +65,9 @@ def main(argv):
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   train.setup_devices(config)
   if _MULTIHOST.value or _COORDINATOR.value:
+    # CPU devices of different processes talk through gloo (only the CPU
+    # backend reads this; GPUs and TPUs have their own collectives).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=_COORDINATOR.value,
         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)

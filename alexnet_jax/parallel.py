@@ -166,8 +166,34 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA))
 
 
+def process_data_shard(mesh: Mesh) -> tuple[int, int]:
+  """(index, count) of the distinct slices of each batch processes read.
+
+  Processes whose devices hold the same rows of the `data` axis must feed
+  the same examples: with two processes forming the two towers (data 1 x
+  model 2) both read the whole batch, so count = 1. With the towers inside
+  a host and hosts along `data`, every process reads its own slice.
+  """
+  rows: dict[int, set[int]] = {}
+  for row, devices in enumerate(mesh.devices):
+    for device in devices:
+      rows.setdefault(device.process_index, set()).add(row)
+  groups = sorted({tuple(sorted(r)) for r in rows.values()})
+  sizes = {len(g) for g in groups}
+  covered = [row for g in groups for row in g]
+  if len(sizes) != 1 or sorted(covered) != list(range(mesh.shape[DATA])):
+    raise MeshError(
+        f"the mesh's data rows are split unevenly over processes ({groups}); "
+        "make every process hold the same number of whole data rows.")
+  return groups.index(tuple(sorted(rows[jax.process_index()]))), len(groups)
+
+
 def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-  """Places a host batch (identical on every process) on the mesh."""
+  """Places a whole global batch, held by this one process, on the mesh.
+
+  For single-process use (tests, notebooks); the input pipeline assembles
+  global batches from per-process data instead.
+  """
   sharding = batch_sharding(mesh)
   return {k: jax.device_put(v, sharding) for k, v in batch.items()}
 

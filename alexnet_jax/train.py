@@ -97,9 +97,12 @@ class Data:
       self._stats()
     _sync("statistics ready")
     self.stats = self._stats()
+    # Which slice of every batch this process reads (processes holding the
+    # same data rows of the mesh read the same one).
+    self.shard, self.num_shards = parallel.process_data_shard(mesh)
     self.steps_per_epoch = input_pipeline.train_steps_per_epoch(
         self.builder, global_batch_size=config.batch_size,
-        process_count=jax.process_count(), split=config.train_split)
+        process_count=self.num_shards, split=config.train_split)
 
   def _generate_mini(self, config):
     """Writes the mini release into manual_dir if it is not there yet."""
@@ -124,8 +127,8 @@ class Data:
         self.builder, global_batch_size=self.config.batch_size,
         crop_size=self.config.model.image_size, seed=self.config.seed,
         stats=self.stats, start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(), split=self.config.train_split,
+        process_index=self.shard, process_count=self.num_shards,
+        split=self.config.train_split,
         shuffle_buffer_size=self.config.shuffle_buffer_size,
         pca_lighting_std=self.config.pca_lighting_std,
         pca_lighting_scale=self.config.pca_lighting_scale)
@@ -135,8 +138,8 @@ class Data:
     ds = input_pipeline.make_eval_dataset(
         self.builder, split, global_batch_size=self.config.eval_batch_size,
         crop_size=self.config.model.image_size, crops=crops,
-        stats=self.stats, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        stats=self.stats, process_index=self.shard,
+        process_count=self.num_shards)
     return input_pipeline.global_batches(ds, self.mesh)
 
 
@@ -149,11 +152,12 @@ def _sync(name: str) -> None:
 def _check_config(config: ml_collections.ConfigDict, mesh: Any) -> None:
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh)
+  _, shards = parallel.process_data_shard(mesh)
   for name in ("batch_size", "eval_batch_size"):
-    if config[name] % jax.process_count():
+    if config[name] % shards:
       raise parallel.MeshError(
-          f"{name}={config[name]} is not divisible by the "
-          f"{jax.process_count()} processes.")
+          f"{name}={config[name]} is not divisible by the {shards} "
+          "processes that read different data.")
   if config.num_epochs <= 0:
     raise ValueError(f"num_epochs={config.num_epochs} must be > 0.")
 
