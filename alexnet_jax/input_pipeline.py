@@ -21,7 +21,7 @@ Speed
   Per example only the JPEG is decoded -- for training only the crop
   window (`decode_and_crop_jpeg`), into uint8. Flip, mean subtraction,
   lighting and the float conversion run once per batch as one XLA-compiled
-  loop: as separate TensorFlow ops they cost more than the decode itself.
+  loop (as separate TensorFlow ops they took more CPU than the decode).
   `python -m alexnet_jax.input_benchmark` measures images/s per core.
 
 PCA lighting and its scale trap
@@ -662,11 +662,12 @@ def _make_train_finish(stats: InputStats, crop_size: int,
                        pca_lighting_scale: LightingScale):
   """Flip, mean subtraction and lighting of a batch of uint8 crops.
 
-  Done as one XLA-compiled function per batch: as separate TensorFlow ops
-  (cast, window of the mean, flip, broadcast add of the offset) each pass
-  over the float image and together they cost about twice the JPEG decode
-  (~550 vs ~280 us per 224x224 image on one core); fused, they are one pass
-  of ~100 us (see input_benchmark).
+  Done as one XLA-compiled function per batch. As separate TensorFlow ops
+  (cast, window of the mean, flip, broadcast add of the offset) each made a
+  pass over the float image: in a profile they took more CPU time than the
+  JPEG decode, and they were the first to slow down when another job
+  competed for memory bandwidth. Fused, they are one pass (~90 us per
+  224x224 image on one core in isolation; see input_benchmark).
   """
   mean_image = tf.constant(stats.mean_image)
   lighting = tf.constant(stats.lighting_matrix(pca_lighting_scale))
