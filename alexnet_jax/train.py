@@ -17,8 +17,8 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
-import numpy as np
 
 from alexnet_jax import checkpoint
 from alexnet_jax import data as data_lib
@@ -145,7 +145,6 @@ class Data:
 
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
 
 
