@@ -22,6 +22,7 @@ from alexnet_jax import checkpoint
 from alexnet_jax import evaluation
 from alexnet_jax import parallel
 from alexnet_jax import train
+from alexnet_jax import weights
 from configs import demo
 from tests import helpers
 
@@ -243,3 +244,29 @@ def test_two_processes_on_loopback_match_one_process(smoke_dirs,
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
                                                        atol=1e-6),
                got, expected)
+
+
+def test_evaluate_imported_npz_equals_its_checkpoint(smoke_dirs,
+                                                     uninterrupted,
+                                                     tmp_path):
+  """Exported weights, evaluated from the .npz, give the workdir's errors."""
+  workdir = uninterrupted[0]
+  config = smoke_config(smoke_dirs)
+  params, _ = final_params(workdir, config)
+  npz = tmp_path / "weights.npz"
+  weights.export_npz(npz, params)
+  output = tmp_path / "npz.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.evaluate", f"--npz={npz}",
+       "--config=configs/demo.py:smoke", f"--config.data_dir={smoke_dirs[0]}",
+       f"--config.manual_dir={smoke_dirs[1]}", "--config.cpu_devices=2",
+       "--crops=center", f"--output={output}"],
+      cwd=helpers.REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  got = json.loads(output.read_text())["results"]["validation"]["center"]
+  with open(os.path.join(workdir, "results.json")) as f:
+    want = json.load(f)["evaluations"]["validation"]["center"]
+  assert got["count"] == want["count"] == 30
+  assert got["top1_error"] == want["top1_error"]
+  assert got["top5_error"] == want["top5_error"]
+  np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
