@@ -1,0 +1,868 @@
+r"""Train-step throughput, FLOPs, utilization and collective bytes of AlexNet.
+
+A tool, not a test. For each mesh shape and dtype it times the train step of
+the paper's full model (`model.default_config()`, 60,965,224 parameters, the
+§5 optimizer) on a fixed random batch that is already on the devices:
+
+  python -m alexnet_jax.benchmark [--batch_size=128] [--meshes=auto|1x1,1x2]
+      [--dtypes=float32,bfloat16] [--steps=5] [--warmup=2] [--cpu_devices=2]
+      [--config=configs/ilsvrc2010.py[:ARGS]] [--input] [--profile]
+      [--json=FILE]
+
+What it reports, per (mesh, dtype):
+  * images/s: batch / median wall time of `--steps` steps after `--warmup`
+    steps. Each step is blocked on (`jax.block_until_ready` on the new state
+    and metrics) and timed on its own; no host transfer is in the loop. Also
+    images per CPU-second of the whole process (the steadier figure on a
+    machine shared with other jobs).
+  * compile time: `jit(train_step).lower(...)` + `.compile()`, timed
+    separately from the steps.
+  * FLOPs per image: analytic (`analytic_flops`: 2 x multiply-adds of every
+    conv and fc layer, forward; a training step counted as 3x forward) beside
+    XLA's `compiled.cost_analysis()` of the train step and of the forward
+    pass; achieved FLOP/s and model FLOP utilization (MFU) against the
+    device's peak (`PEAK_TFLOPS`, vendor datasheet dense numbers) or, on
+    CPU, against a measured float32 matmul rate on the same devices.
+  * collective bytes per device per step, parsed from the compiled HLO
+    (`collectives_from_hlo`) beside the analytic minimum of the two-tower
+    scheme (`analytic_collective_bytes`).
+  * peak device memory (`device.memory_stats()`; the CPU backend reports
+    none, so it is None there) and XLA's compiled memory analysis.
+
+`--input` adds the input pipeline's training images/s on one core
+(alexnet_jax/input_benchmark.py; needs TensorFlow, imported only then).
+`--profile` traces two steps per case with `jax.profiler` and prints where
+the time goes (conv / matmul per layer, LRN, pooling, collectives, copies).
+
+On a CPU-only host `--cpu_devices=N` makes N fake CPU devices before JAX
+starts (only the CPU backend is affected); the fake devices share the same
+cores and XLA's one intra-op thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+import collections
+import functools
+import glob
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import optim
+from alexnet_jax import parallel
+from alexnet_jax import steps as steps_lib
+
+# The paper's forward cost (PAPER.md §1, "about 724 M multiply-adds").
+PAPER_FORWARD_MACS = 724e6
+
+# Dense (no structured sparsity) peak matmul rates in TFLOP/s from the
+# vendors' datasheets: NVIDIA H100 / H200 / A100 datasheets; Google Cloud
+# TPU system-architecture pages (v4, v5e, v5p, v6e). "float32" on NVIDIA is
+# the non-tensor-core FP32 rate (JAX's default precision may instead use
+# TF32 tensor cores for float32 matmuls: "tfloat32" is given for reference).
+# TPUs run float32 matmuls as several bfloat16 passes; their only datasheet
+# number is bfloat16, used for both dtypes. Matched against
+# `device.device_kind`, first match wins.
+PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 PCIe", dict(bfloat16=756.0, float32=51.0, tfloat32=378.0)),
+    ("H100", dict(bfloat16=989.0, float32=67.0, tfloat32=494.7)),  # SXM
+    ("H200", dict(bfloat16=989.0, float32=67.0, tfloat32=494.7)),
+    ("A100", dict(bfloat16=312.0, float32=19.5, tfloat32=156.0)),
+    ("TPU v4", dict(bfloat16=275.0, float32=275.0)),
+    ("TPU v5 lite", dict(bfloat16=197.0, float32=197.0)),  # v5e
+    ("TPU v5e", dict(bfloat16=197.0, float32=197.0)),
+    ("TPU v5", dict(bfloat16=459.0, float32=459.0)),  # v5p
+    ("TPU v6 lite", dict(bfloat16=918.0, float32=918.0)),  # v6e (Trillium)
+    ("TPU v6e", dict(bfloat16=918.0, float32=918.0)),
+)
+
+COLLECTIVE_OPS = ("all-gather", "reduce-scatter", "all-reduce",
+                  "collective-permute", "all-to-all")
+
+_BYTES_PER_DTYPE = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2,
+                    "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+                    "s64": 8, "u64": 8, "f64": 8}
+
+
+# ---------------------------------------------------------------------------
+# Analytic FLOPs.
+# ---------------------------------------------------------------------------
+
+
+def forward_macs_per_image(config: ml_collections.ConfigDict
+                           ) -> dict[str, int]:
+  """Multiply-adds of each conv and fc layer for one image, forward.
+
+  conv: H_out * W_out * C_out * (k * k * C_in_per_output), where
+        C_in_per_output is what one output channel reads: all input channels
+        for conv1 (the image) and conv3 (both towers), its own tower's for
+        conv2, conv4 and conv5 (C_out and C_in summed over the towers);
+  fc:   inputs * outputs.
+  Biases, ReLU, LRN, pooling, dropout and softmax are not counted (they are
+  about 1% more and not multiply-adds of the layer's weights).
+  """
+  towers = config.num_towers
+  c1, c2, c3, c4, c5 = (towers * c for c in config.conv_features)
+  f6, f7 = (towers * f for f in config.fc_features)
+  sizes = model_lib.spatial_sizes(config.image_size, config.pool_window,
+                                  config.pool_stride)
+
+  def conv(size, out, kernel, inputs):
+    return size * size * out * kernel * kernel * inputs
+
+  return {
+      "conv1": conv(sizes["conv1"], c1, 11, 3),
+      "conv2": conv(sizes["conv2"], c2, 5, c1 // towers),
+      "conv3": conv(sizes["conv3"], c3, 3, c2),
+      "conv4": conv(sizes["conv4"], c4, 3, c3 // towers),
+      "conv5": conv(sizes["conv5"], c5, 3, c4 // towers),
+      "fc6": sizes["pool5"] ** 2 * c5 * f6,
+      "fc7": f6 * f7,
+      "fc8": f7 * config.num_classes,
+  }
+
+
+def analytic_flops(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """FLOPs per image: forward = 2 x multiply-adds; train step = 3x forward.
+
+  The backward pass costs two matmuls per forward one (gradient of the input
+  and of the weights), hence the usual 3x. The step computes slightly less:
+  conv1's input gradient is never needed (the image takes no gradient), so
+  `train_flops_per_image_exact` = 2 x (3 x forward MACs - conv1 MACs).
+  """
+  layers = forward_macs_per_image(config)
+  macs = sum(layers.values())
+  return {
+      "forward_macs_per_layer": layers,
+      "forward_macs_per_image": macs,
+      "forward_flops_per_image": 2 * macs,
+      "train_flops_per_image": 3 * 2 * macs,
+      "train_flops_per_image_exact": 2 * (3 * macs - layers["conv1"]),
+  }
+
+
+# ---------------------------------------------------------------------------
+# Collectives: parsed from the compiled HLO, and the analytic minimum.
+# ---------------------------------------------------------------------------
+
+# `%name = TYPE all-gather(` (or `-start(`) where TYPE is an array type or a
+# (possibly nested) tuple of them, e.g. `(f32[2,3]{1,0}, f32[4]{0})`.
+_COLLECTIVE_RE = re.compile(
+    r"^[ \t]*(?:ROOT )?%?(?P<name>[\w.\-]+) = (?P<type>[^\n]*?) "
+    r"(?P<op>" + "|".join(COLLECTIVE_OPS) + r")(?P<start>-start)?\(", re.M)
+_ARRAY_RE = re.compile(r"\b(?P<dtype>[a-z]+\d*)\[(?P<dims>[\d,]*)\]")
+
+
+def _first_group(line: str, num_devices: int) -> list[int]:
+  """Device ids of the first replica group of a collective's HLO line."""
+  explicit = re.search(r"replica_groups=\{\{([\d,]*)\}", line)
+  if explicit:
+    return [int(i) for i in explicit.group(1).split(",")]
+  # Iota list: [groups,size]<=[dims] or <=[dims]T(perm).
+  iota = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\]"
+                   r"(?:T\(([\d,]+)\))?", line)
+  if iota:
+    ids = np.arange(num_devices).reshape(
+        [int(d) for d in iota.group(3).split(",")])
+    if iota.group(4):
+      ids = ids.transpose([int(d) for d in iota.group(4).split(",")])
+    return ids.reshape(int(iota.group(1)), int(iota.group(2)))[0].tolist()
+  return list(range(num_devices))  # replica_groups={}: all devices.
+
+
+def _mesh_axis(group: Sequence[int], mesh_shape: tuple[int, int]) -> str:
+  """Which mesh axis a replica group spans ("model", "data" or "none").
+
+  Logical ids number the mesh's devices row-major: a row of the data x
+  model grid is a tower pair, a column one tower's data-parallel replicas.
+  """
+  if len(group) <= 1:
+    return "none"
+  grid = np.arange(math.prod(mesh_shape)).reshape(mesh_shape)
+  row, column = np.argwhere(grid == group[0])[0]
+  if sorted(group) == sorted(grid[row].tolist()):
+    return "model"
+  if sorted(group) == sorted(grid[:, column].tolist()):
+    return "data"
+  return "data+model"
+
+
+def _tuple_elements(hlo_type: str) -> list[str]:
+  """Top-level elements of a tuple type "(a, (b, c), d)"; [type] if none."""
+  if not hlo_type.startswith("("):
+    return [hlo_type]
+  elements, depth, start = [], 0, 1
+  for i, char in enumerate(hlo_type):
+    if char in "({[":
+      depth += 1
+    elif char in ")}]":
+      depth -= 1
+    if (char == "," and depth == 1) or (char == ")" and depth == 0):
+      elements.append(hlo_type[start:i].strip())
+      start = i + 1
+  return elements
+
+
+def _bytes_sent(op: str, result_bytes: int, group: int) -> float:
+  """Bytes one device sends with a bandwidth-optimal (ring) algorithm.
+
+  all-gather: (n-1)/n of the result; reduce-scatter: (n-1) x its shard (the
+  result); all-reduce: 2 (n-1)/n (reduce-scatter + all-gather; = S for n=2,
+  as in parallel.py's table); all-to-all (n-1)/n; collective-permute: the
+  result. One-device groups move nothing (XLA keeps some, see below).
+  """
+  if group <= 1:
+    return 0.0
+  n = group
+  return {
+      "all-gather": result_bytes * (n - 1) / n,
+      "reduce-scatter": result_bytes * (n - 1),
+      "all-reduce": 2 * result_bytes * (n - 1) / n,
+      "all-to-all": result_bytes * (n - 1) / n,
+      "collective-permute": result_bytes,
+  }[op]
+
+
+def collectives_from_hlo(hlo_text: str, mesh_shape: tuple[int, int]
+                         ) -> list[dict[str, Any]]:
+  """Every cross-device collective of a compiled (per-device) HLO module.
+
+  Returns dicts with op, result type(s), group size, the mesh axis the group
+  spans, result bytes, bytes sent per device (`_bytes_sent`), and phase
+  ("backward" when XLA's op_name metadata says it came from a transpose,
+  i.e. the gradient). XLA keeps some collectives over one-device groups
+  (e.g. the gradient psum over a data axis of size 1): they send 0 bytes.
+  """
+  num_devices = math.prod(mesh_shape)
+  found = []
+  for m in _COLLECTIVE_RE.finditer(hlo_text):
+    line = hlo_text[m.start():hlo_text.find("\n", m.end())]
+    result_type = m["type"]
+    if m["start"] and m["op"] in ("all-gather", "collective-permute"):
+      # Async start ops return (operands, results[, context]).
+      result_type = _tuple_elements(result_type)[1]
+    arrays = [(a["dtype"], tuple(int(d) for d in a["dims"].split(",") if d))
+              for a in _ARRAY_RE.finditer(result_type)]
+    result_bytes = sum(_BYTES_PER_DTYPE[dt] * math.prod(dims)
+                       for dt, dims in arrays)
+    group = _first_group(line, num_devices)
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    op_name = op_name.group(1) if op_name else ""
+    found.append({
+        "name": m["name"],
+        "op": m["op"],
+        "types": [f"{dt}[{','.join(map(str, dims))}]" for dt, dims in arrays],
+        "group_size": len(group),
+        "axis": _mesh_axis(group, mesh_shape),
+        "result_bytes": result_bytes,
+        "sent_bytes": _bytes_sent(m["op"], result_bytes, len(group)),
+        "phase": "backward" if "transpose(" in op_name else "forward",
+    })
+  return found
+
+
+def summarize_collectives(collectives: Sequence[dict[str, Any]]
+                          ) -> dict[str, float]:
+  """Bytes sent per device per step: model axis forward / backward, data."""
+  total = collections.Counter()
+  for c in collectives:
+    if c["axis"] == "model":
+      total["model_forward" if c["phase"] == "forward" else
+            "model_backward"] += c["sent_bytes"]
+    elif c["axis"] != "none":
+      total["data"] += c["sent_bytes"]
+  result = {k: float(total[k]) for k in
+            ("model_forward", "model_backward", "data")}
+  result["total"] = sum(result.values())
+  return result
+
+
+def analytic_collective_bytes(config: ml_collections.ConfigDict,
+                              mesh_shape: tuple[int, int],
+                              batch_size: int) -> dict[str, Any]:
+  """Minimum bytes each device sends per train step for the chosen scheme.
+
+  Values per image per device on a model axis of m devices, T towers (S2:
+  pool2 size, C2 and F6 per-tower widths), bytes of the compute dtype
+  except fc8's partial logits, which are summed in float32:
+
+    forward   conv3 all-gather of pool2:  (m-1)/m x S2*S2*T*C2 (m = 2: the
+                                          own tower's 13x13x128)
+              fc6 reduce-scatter:         (m-1) x T/m*F6 (the own shard)
+              fc7 all-gather:             (m-1)/m x T*F6
+              fc8 all-reduce:             2 (m-1)/m x classes
+    backward  the transposes of conv3, fc6 and fc7 (a reduce-scatter, an
+              all-gather and a reduce-scatter of the same sizes). fc8's sum
+              needs no backward collective: the logits, and so their
+              gradient, are already whole on every device of a tower pair
+              (the transpose of psum there is the identity), so the backward
+              moves 2 x classes x (m-1)/m x 4 bytes less than the forward.
+              parallel.py's table counts it twice (4,000 B/image more).
+    data axis d > 1: the gradient all-reduce of the device's parameters
+              (float32), 2 (d-1)/d x their bytes, and of the 3 scalars of
+              the step's metrics (loss, top-1 and top-5 sums over the
+              global batch).
+
+  With the paper's sizes on 1 x 2, float32: 106,912 B/image forward (as in
+  parallel.py) and 102,912 backward.
+  """
+  data, m = mesh_shape
+  per_shard = batch_size // data
+  result = {"model_forward": 0.0, "model_backward": 0.0, "data": 0.0}
+  if m > 1:
+    item = jnp.dtype(config.dtype).itemsize
+    towers = config.num_towers
+    c2 = config.conv_features[1]
+    f6 = config.fc_features[0]
+    sizes = model_lib.spatial_sizes(config.image_size, config.pool_window,
+                                    config.pool_stride)
+    frac = (m - 1) / m
+    conv3 = frac * sizes["pool2"] ** 2 * towers * c2 * item
+    fc6 = (m - 1) * (towers // m) * f6 * item
+    fc7 = frac * towers * f6 * item
+    fc8 = 2 * frac * config.num_classes * 4
+    result["model_forward"] = per_shard * (conv3 + fc6 + fc7 + fc8)
+    result["model_backward"] = per_shard * (conv3 + fc6 + fc7)
+  if data > 1:
+    shapes = model_lib.param_shapes(config)
+    local = sum(math.prod(x.shape) // (
+        1 if (name, leaf) in parallel.REPLICATED_PARAMS else m)
+                for name, params in shapes.items()
+                for leaf, x in params.items())
+    result["data"] = 2 * (data - 1) / data * (local + 3) * 4
+  result["total"] = sum(result.values())
+  return result
+
+
+# ---------------------------------------------------------------------------
+# Peaks.
+# ---------------------------------------------------------------------------
+
+
+def datasheet_peak(device: jax.Device, dtype: str) -> float | None:
+  """Datasheet dense peak FLOP/s of one device for `dtype`, or None."""
+  kind = getattr(device, "device_kind", "")
+  for name, peaks in PEAK_TFLOPS:
+    if name.lower() in kind.lower():
+      return peaks[dtype] * 1e12
+  return None
+
+
+def measure_matmul_flops(devices: Sequence[jax.Device], size: int = 4096,
+                         dtype: str = "float32", repeats: int = 5) -> float:
+  """Best FLOP/s of `size`^3 matmuls, one per device, all devices at once.
+
+  On CPU the fake devices share the cores, so this is the rate the same
+  cores reach on a plain large matmul: the denominator of CPU MFU.
+  """
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
+  sharding = jax.sharding.NamedSharding(mesh, P("d"))
+  n = len(devices)
+  a = jax.jit(lambda k: jax.random.normal(k, (n, size, size), dtype),
+              out_shardings=sharding)(jax.random.key(0))
+  matmul = jax.jit(jax.shard_map(lambda x, y: x @ y, mesh=mesh,
+                                 in_specs=(P("d"), P("d")),
+                                 out_specs=P("d")))
+  jax.block_until_ready(matmul(a, a))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a, a))
+    times.append(time.perf_counter() - start)
+  return 2 * n * size ** 3 / min(times)
+
+
+# ---------------------------------------------------------------------------
+# The train-step benchmark.
+# ---------------------------------------------------------------------------
+
+
+def mesh_shapes(spec: str, num_devices: int, num_towers: int,
+                batch_size: int) -> list[tuple[int, int]]:
+  """Mesh shapes (data, model) to run: "auto" or e.g. "1x1,1x2".
+
+  auto: 1x1 (both towers on one device), 1 x m for every model axis m that
+  divides the towers, then data x model for data = 2, 4, 8, ... and the
+  whole machine, as far as the devices and the batch allow.
+  """
+  if spec != "auto":
+    shapes = []
+    for item in spec.split(","):
+      data, _, model = item.strip().partition("x")
+      shapes.append((int(data), int(model)))
+    return shapes
+  models = [m for m in range(1, num_towers + 1) if num_towers % m == 0]
+  shapes = set()
+  for m in models:
+    datas = {1, num_devices // m} | {2 ** i for i in range(1, 12)}
+    for d in datas:
+      if d >= 1 and d * m <= num_devices and batch_size % d == 0:
+        shapes.add((d, m))
+  return sorted(shapes, key=lambda s: (s[0] * s[1], -s[1], s[0]))
+
+
+def random_batch(config: ml_collections.ConfigDict, batch_size: int,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+  """A fixed random batch: normal images (as after mean subtraction)."""
+  rng = np.random.default_rng(seed)
+  size = config.model.image_size
+  return {
+      "image": rng.normal(0, 50, (batch_size, size, size, 3)).astype(
+          np.float32),
+      "label": rng.integers(0, config.model.num_classes, batch_size).astype(
+          np.int32),
+  }
+
+
+def _cost_flops(compiled: Any) -> float | None:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per module.
+    cost = cost[0] if cost else None
+  return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def _memory(compiled: Any, devices: Iterable[jax.Device]) -> dict[str, Any]:
+  """Peak memory the backend reports (None on CPU) and XLA's own analysis."""
+  peaks = []
+  for device in devices:
+    stats = device.memory_stats()  # None on the CPU backend.
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(stats["peak_bytes_in_use"])
+  analysis = compiled.memory_analysis()
+  compiled_bytes = None
+  if analysis is not None:
+    compiled_bytes = (analysis.argument_size_in_bytes +
+                      analysis.output_size_in_bytes -
+                      analysis.alias_size_in_bytes +
+                      analysis.temp_size_in_bytes)
+  return {"peak_device_bytes": max(peaks) if peaks else None,
+          "compiled_bytes_per_device": compiled_bytes}
+
+
+def benchmark_train_step(config: ml_collections.ConfigDict,
+                         mesh_shape: tuple[int, int], batch_size: int, *,
+                         steps: int = 5, warmup: int = 2,
+                         profile_dir: str | None = None) -> dict[str, Any]:
+  """Times the train step of `config` (model + optim) on a data x model mesh.
+
+  Returns compile time, per-step wall and CPU times, images/s, XLA's FLOPs
+  of the step and of the forward pass, collectives of the compiled step,
+  memory; with `profile_dir`, where the time of two traced steps goes.
+  """
+  mesh = parallel.make_mesh(*mesh_shape, num_towers=config.model.num_towers)
+  devices = list(mesh.devices.flat)
+  num_devices = len(devices)
+  parallel.check_batch_size(batch_size, mesh)
+  state, shardings = steps_lib.create_train_state(
+      config, jax.random.key(0), mesh)
+  train_step = steps_lib.make_train_step(config, mesh, shardings)
+  batch = parallel.shard_batch(random_batch(config, batch_size), mesh)
+
+  start = time.perf_counter()
+  lowered = train_step.lower(state, batch)
+  lower_s = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  hlo = compiled.as_text()
+
+  # XLA's count of the forward pass alone (inference, no dropout).
+  apply = model_lib.make_apply(config.model, mesh)
+  forward = jax.jit(apply).lower(state.params, batch["image"]).compile()
+
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+  wall, cpu = [], []
+  for _ in range(steps):
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    wall.append(time.perf_counter() - wall_start)
+    cpu.append(time.process_time() - cpu_start)
+  loss = float(metrics["loss"])
+
+  profile = None
+  if profile_dir is not None:
+    profile = profile_steps(compiled, state, batch, hlo, profile_dir)
+
+  step_s = statistics.median(wall)
+  collectives = collectives_from_hlo(hlo, mesh_shape)
+  xla_step = _cost_flops(compiled)
+  xla_forward = _cost_flops(forward)
+  # The compiled module is the per-device program: x devices for the mesh.
+  per_image = lambda f: None if f is None else f * num_devices / batch_size
+  return {
+      "mesh": f"{mesh_shape[0]}x{mesh_shape[1]}",
+      "devices": num_devices,
+      "dtype": config.model.dtype,
+      "batch_size": batch_size,
+      "lower_s": lower_s,
+      "compile_s": compile_s,
+      "lower_plus_compile_s": lower_s + compile_s,
+      "step_s_median": step_s,
+      "step_s": wall,
+      "step_cpu_s": cpu,
+      "images_per_s": batch_size / step_s,
+      "images_per_cpu_s": batch_size / statistics.median(cpu),
+      "final_loss": loss,
+      "xla_train_flops_per_image": per_image(xla_step),
+      "xla_forward_flops_per_image": per_image(xla_forward),
+      "collectives": collectives,
+      "collective_bytes_sent_per_device": summarize_collectives(collectives),
+      "analytic_collective_bytes_per_device": analytic_collective_bytes(
+          config.model, mesh_shape, batch_size),
+      "memory": _memory(compiled, devices),
+      "profile": profile,
+  }
+
+
+# ---------------------------------------------------------------------------
+# Where the time goes: a jax.profiler trace of two steps, per HLO op.
+# ---------------------------------------------------------------------------
+
+# Einsums of the fc layers (model.py) by their subscripts.
+_FC_EINSUMS = {"bti,tio->bo": "fc6", "bi,tio->bto": "fc7",
+               "bti,tik->bk": "fc8"}
+
+
+def _op_category(line: str, body: str) -> str:
+  """A readable group for one top-level HLO op (fusion bodies included)."""
+  op_name = re.search(r'op_name="([^"]*)"', line)
+  op_name = op_name.group(1) if op_name else ""
+  phase = ("bwd" if "transpose(" in op_name else
+           "fwd" if "jvp(" in op_name else "")
+  opcode = re.search(r"= (?:\(.*?\)|\S+) ([\w\-]+)\(", line)
+  opcode = opcode.group(1) if opcode else ""
+  if any(opcode.startswith(op) for op in COLLECTIVE_OPS):
+    return "collectives" + (
+        " (1-device groups: copies)" if re.search(
+            r"replica_groups=\{\{\d+\}", line) else "")
+  layer = re.search(r"AlexNet/(conv\d|fc\d)/", op_name)
+  einsum = re.search(r"AlexNet/([a-z,]+->[a-z]+)/", op_name)
+  layer = layer.group(1) if layer else (
+      _FC_EINSUMS.get(einsum.group(1)) if einsum else None)
+  text = line + body
+  if "convolution(" in text:
+    return f"conv {layer} {phase}" if layer else "conv weight gradients"
+  if " dot(" in text:
+    return f"matmul {layer} {phase}" if layer else "matmul (other)"
+  if "_lrn" in op_name:
+    return f"LRN {phase}"
+  if ("_pool" in op_name or "select-and-scatter" in text or
+      "reduce-window(" in text or opcode == "iota" or "iota(" in body):
+    return "max-pool (incl. argmax indices for its gradient)"
+  if "_dropout" in op_name or "threefry" in text or "rng-bit" in text:
+    return "dropout masks"
+  if opcode in ("copy", "transpose") or re.search(
+      r"(copy|transpose)[\w.]*fusion", line.split("=")[0]):
+    return "layout copies / transposes"
+  return "other elementwise (ReLU, bias, optimizer, loss)"
+
+
+def profile_steps(compiled: Any, state: Any, batch: Any, hlo: str,
+                  log_dir: str, num_steps: int = 2) -> dict[str, Any]:
+  """Traces `num_steps` steps; busy time per op group, summed over threads.
+
+  The sum over threads of op durations is CPU time (on CPU) spent in each
+  group; `busy_s_per_step` / `wall_s_per_step` is how many threads were
+  busy on average.
+  """
+  entry = hlo[hlo.index("\nENTRY"):]
+  bodies = {}
+  for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S):
+    bodies[m.group(1)] = m.group(2)
+  ops = {}
+  for line in entry.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+    if m:
+      called = re.search(r"calls=%?([\w.\-]+)", line)
+      body = bodies.get(called.group(1), "") if called else ""
+      ops[m.group(1)] = _op_category(line, body)
+  jax.profiler.start_trace(log_dir)
+  start = time.perf_counter()
+  for _ in range(num_steps):
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+  wall = (time.perf_counter() - start) / num_steps
+  jax.profiler.stop_trace()
+  trace = sorted(glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"),
+                           recursive=True), key=os.path.getmtime)[-1]
+  busy = collections.Counter()
+  for plane in jax.profiler.ProfileData.from_file(trace).planes:
+    for line in plane.lines:
+      for event in line.events:
+        if event.name in ops:
+          busy[ops[event.name]] += event.duration_ns / 1e9 / num_steps
+  return {"wall_s_per_step": wall,
+          "busy_s_per_step": sum(busy.values()),
+          "busy_s_by_group": dict(busy.most_common()),
+          "trace": trace}
+
+
+# ---------------------------------------------------------------------------
+# The whole report.
+# ---------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+  """The CPU model from /proc/cpuinfo (input_benchmark has the same, but
+  importing it imports TensorFlow)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      fields = dict(line.split(":", 1) for line in f if ":" in line)
+    name, family, number = (fields.get(key, "").strip() for key in (
+        "model name\t", "cpu family\t", "model\t\t"))
+    return f"{name} (family {family}, model {number})"
+  except OSError:
+    return platform.processor() or "unknown"
+
+
+def _with_dtype(config: ml_collections.ConfigDict, dtype: str
+                ) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.dtype = dtype
+  return config
+
+
+def run(config: ml_collections.ConfigDict, *, batch_size: int,
+        meshes: str = "auto", dtypes: Sequence[str] = ("float32",),
+        steps: int = 5, warmup: int = 2, matmul_size: int = 4096,
+        profile_dir: str | None = None, log=print) -> dict[str, Any]:
+  """Benchmarks every (mesh, dtype); returns the JSON-able report."""
+  devices = jax.devices()
+  backend = jax.default_backend()
+  flops = analytic_flops(config.model)
+  shapes = mesh_shapes(meshes, len(devices), config.model.num_towers,
+                       batch_size)
+  report = {
+      "backend": backend,
+      "device_kind": devices[0].device_kind,
+      "num_devices": len(devices),
+      "cpu": cpu_model(),
+      "cpus_visible": os.cpu_count(),
+      "jax": jax.__version__,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
+      "num_params": model_lib.count_params(
+          model_lib.param_shapes(config.model)),
+      "analytic_flops": flops,
+      "paper_forward_macs": PAPER_FORWARD_MACS,
+      "timing": ("median of per-step wall times; every step is blocked on "
+                 "(block_until_ready of the new state and metrics)"),
+      "peak_memory_note": (
+          "device.memory_stats() is None on the CPU backend"
+          if backend == "cpu" else "device.memory_stats()['peak_bytes_in_"
+          "use'], max over the mesh's devices"),
+      "results": [],
+  }
+  peaks: dict[tuple[int, str], float] = {}
+  for shape in shapes:
+    for dtype in dtypes:
+      load_before = os.getloadavg()
+      log(f"mesh {shape[0]}x{shape[1]} {dtype}: batch {batch_size}, "
+          f"load {load_before[0]:.2f} ...")
+      case_dir = None if profile_dir is None else os.path.join(
+          profile_dir, f"{shape[0]}x{shape[1]}_{dtype}")
+      result = benchmark_train_step(
+          _with_dtype(config, dtype), shape, batch_size, steps=steps,
+          warmup=warmup, profile_dir=case_dir)
+      n = result["devices"]
+      if backend == "cpu":
+        if (n, "float32") not in peaks:
+          peaks[n, "float32"] = measure_matmul_flops(
+              jax.devices()[:n], matmul_size, "float32")
+        peak = peaks[n, "float32"]
+        peak_source = (f"measured float32 {matmul_size}^3 matmul on the "
+                       f"same {n} device(s)")
+      else:
+        one = datasheet_peak(devices[0], dtype)
+        peak = None if one is None else one * n
+        peak_source = "vendor datasheet, dense" if one else "unknown device"
+      achieved = flops["train_flops_per_image"] * result["images_per_s"]
+      result.update(
+          load_average_before=load_before,
+          load_average_after=os.getloadavg(),
+          achieved_flops_per_s=achieved,
+          peak_flops_per_s=peak,
+          peak_source=peak_source,
+          mfu=None if not peak else achieved / peak)
+      report["results"].append(result)
+      log(format_row(result))
+  return report
+
+
+_HEADER = ("mesh  dev dtype     batch  compile_s  step_s  images/s  img/cpu_s"
+           "  TFLOP/s  MFU    coll_MB/step/dev (HLO | min)  load")
+
+
+def format_row(r: dict[str, Any]) -> str:
+  hlo = r["collective_bytes_sent_per_device"]["total"] / 1e6
+  analytic = r["analytic_collective_bytes_per_device"]["total"] / 1e6
+  mfu = "  -  " if r.get("mfu") is None else f"{100 * r['mfu']:4.1f}%"
+  achieved = r.get("achieved_flops_per_s", 0.0) / 1e12
+  load = r.get("load_average_before", (float("nan"),))[0]
+  return (f"{r['mesh']:5s} {r['devices']:3d} {r['dtype']:9s} "
+          f"{r['batch_size']:5d} {r['lower_plus_compile_s']:9.1f} "
+          f"{r['step_s_median']:7.2f} {r['images_per_s']:9.1f} "
+          f"{r['images_per_cpu_s']:10.1f} {achieved:8.3f}  {mfu}  "
+          f"{hlo:12.3f} | {analytic:9.3f}              {load:4.1f}")
+
+
+def format_report(report: dict[str, Any]) -> str:
+  flops = report["analytic_flops"]
+  lines = [
+      f"{report['backend']} x{report['num_devices']} "
+      f"({report['device_kind']}); CPU {report['cpu']}; jax "
+      f"{report['jax']}; {report['num_params']:,} parameters",
+      "Analytic forward multiply-adds per image: " + ", ".join(
+          f"{k} {v / 1e6:.1f}M"
+          for k, v in flops["forward_macs_per_layer"].items()) +
+      f"; total {flops['forward_macs_per_image']:,} "
+      f"({flops['forward_macs_per_image'] / PAPER_FORWARD_MACS:.4f} x the "
+      "paper's 724M)",
+      f"FLOPs per image: forward {flops['forward_flops_per_image'] / 1e9:.3f}"
+      f" G, train step (3x) {flops['train_flops_per_image'] / 1e9:.3f} G "
+      f"(exact, no conv1 input gradient: "
+      f"{flops['train_flops_per_image_exact'] / 1e9:.3f} G)",
+      "", _HEADER]
+  lines += [format_row(r) for r in report["results"]]
+  lines.append("")
+  for r in report["results"]:
+    xla_t, xla_f = (r["xla_train_flops_per_image"],
+                    r["xla_forward_flops_per_image"])
+    fmt = lambda x: "n/a" if x is None else f"{x / 1e9:.3f} G"
+    mem = r["memory"]
+    peak = mem["peak_device_bytes"]
+    lines.append(
+        f"{r['mesh']} {r['dtype']}: XLA cost_analysis forward {fmt(xla_f)}, "
+        f"train {fmt(xla_t)} FLOPs/image; peak device memory "
+        f"{'None (not reported)' if peak is None else f'{peak / 2**30:.2f} GiB'}"
+        f"; XLA compiled memory "
+        f"{(mem['compiled_bytes_per_device'] or 0) / 2**30:.2f} GiB/device; "
+        f"step wall times {[round(s, 2) for s in r['step_s']]}")
+    for c in r["collectives"]:
+      if c["sent_bytes"]:
+        lines.append(f"    {c['axis']:5s} {c['phase']:8s} {c['op']:15s} "
+                     f"{' '.join(c['types'])[:50]:50s} group "
+                     f"{c['group_size']} sends {c['sent_bytes'] / 1e6:.3f} MB")
+    if r.get("profile"):
+      p = r["profile"]
+      lines.append(f"    profile: {p['wall_s_per_step']:.2f} s/step wall, "
+                   f"{p['busy_s_per_step']:.2f} s busy (summed over threads)")
+      for group, seconds in p["busy_s_by_group"].items():
+        lines.append(f"      {seconds:7.3f} s  {group}")
+  if report.get("input_pipeline"):
+    i = report["input_pipeline"]
+    lines.append(
+        f"Input pipeline (train transforms, {i['threads']} thread): "
+        f"{i['images_per_s']:.1f} images/s median, "
+        f"{i['images_per_cpu_s']:.1f} per CPU-second")
+  return "\n".join(lines)
+
+
+def benchmark_input(num_images: int = 256, passes: int = 3,
+                    images_per_pass: int = 512) -> dict[str, Any]:
+  """The training input pipeline's images/s on one core.
+
+  Delegates to alexnet_jax/input_benchmark.py (imported here: it needs
+  TensorFlow, which the model benchmark does not).
+  """
+  from alexnet_jax import input_benchmark  # pylint: disable=g-import-not-at-top
+
+  # Caps TensorFlow's op pools to one thread, as input_benchmark's main does.
+  input_benchmark._limit_tensorflow_threads(1)  # pylint: disable=protected-access
+  jpegs = input_benchmark.synthetic_jpegs(num_images)
+  return input_benchmark.benchmark(jpegs, "train", threads=1, passes=passes,
+                                   images_per_pass=images_per_pass)
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Optional config file with `model` and `optim` sections "
+    "(e.g. configs/ilsvrc2010.py:caffe_lrn); default: the paper's model and "
+    "optimizer (model.default_config(), optim.default_config()).",
+    lock_config=False)
+_BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+_MESHES = flags.DEFINE_string(
+    "meshes", "auto", "'auto' (1x1, 1x2, then larger data x model shapes "
+    "as the devices allow) or a list like '1x1,1x2,2x2' (data x model).")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
+                            "Compute dtypes (model.dtype) to run.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 2, "Fake CPU devices to make before JAX starts (the CPU "
+    "backend only; GPUs and TPUs are unaffected). 0: JAX's default (1).")
+_MATMUL = flags.DEFINE_integer(
+    "matmul_size", 4096, "Side of the float32 matmul that measures the CPU "
+    "peak.")
+_INPUT = flags.DEFINE_bool(
+    "input", False, "Also time the input pipeline on one core (needs "
+    "TensorFlow).")
+_PROFILE = flags.DEFINE_bool(
+    "profile", False, "Trace 2 steps per case and print the time per op "
+    "group (conv/matmul per layer, LRN, pooling, collectives, copies).")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", None, "Where --profile writes traces (default: a "
+    "temporary directory).")
+_JSON = flags.DEFINE_string("json", None, "Write the report here as JSON.")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The paper's model and optimizer (as configs/ilsvrc2010.py has them)."""
+  return ml_collections.ConfigDict(dict(model=model_lib.default_config(),
+                                        optim=optim.default_config()))
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _CPU_DEVICES.value:  # Before JAX initializes a backend.
+    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+  config = _CONFIG.value if _CONFIG.value is not None else default_config()
+  profile_dir = None
+  if _PROFILE.value:
+    profile_dir = _PROFILE_DIR.value or tempfile.mkdtemp(
+        prefix="alexnet_benchmark_")
+  report = run(config, batch_size=_BATCH.value, meshes=_MESHES.value,
+               dtypes=_DTYPES.value, steps=_STEPS.value,
+               warmup=_WARMUP.value, matmul_size=_MATMUL.value,
+               profile_dir=profile_dir,
+               log=functools.partial(print, flush=True))
+  if _INPUT.value:
+    report["input_pipeline"] = benchmark_input()
+  report["load_average_end"] = os.getloadavg()
+  report["command"] = " ".join(["python -m alexnet_jax.benchmark"] +
+                               sys.argv[1:])
+  print()
+  print(format_report(report))
+  if _JSON.value:
+    with open(_JSON.value, "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2, default=float)
+    print(f"wrote {_JSON.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
