@@ -140,6 +140,40 @@ def forward_macs_per_image(config: ml_collections.ConfigDict
   }
 
 
+def _valid_taps(size: int, out: int, kernel: int, stride: int,
+                pad_low: int) -> int:
+  """Kernel taps, summed over output positions, that land inside the input.
+
+  Along one spatial dimension; the rest fall on zero padding.
+  """
+  return sum(1 for o in range(out) for j in range(kernel)
+             if 0 <= o * stride - pad_low + j < size)
+
+
+def forward_macs_without_padding(config: ml_collections.ConfigDict
+                                 ) -> dict[str, int]:
+  """`forward_macs_per_image` without the taps that multiply zero padding.
+
+  This is what XLA's cost analysis counts for a padded convolution (conv1's
+  bottom/right pad of 3 at 224, the SAME padding of conv2-conv5), so it is
+  the analytic figure to hold XLA's `cost_analysis()` against.
+  """
+  macs = forward_macs_per_image(config)
+  sizes = model_lib.spatial_sizes(config.image_size, config.pool_window,
+                                  config.pool_stride)
+  inputs = dict(conv1=config.image_size, conv2=sizes["pool1"],
+                conv3=sizes["pool2"], conv4=sizes["conv3"],
+                conv5=sizes["conv4"])
+  for name, kernel, stride in (("conv1", 11, 4), ("conv2", 5, 1),
+                               ("conv3", 3, 1), ("conv4", 3, 1),
+                               ("conv5", 3, 1)):
+    pad_low = 0 if name == "conv1" else (kernel - 1) // 2
+    valid = _valid_taps(inputs[name], sizes[name], kernel, stride, pad_low)
+    # Every tap is an equal share of the layer's multiply-adds.
+    macs[name] = macs[name] * valid ** 2 // (sizes[name] * kernel) ** 2
+  return macs
+
+
 def analytic_flops(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """FLOPs per image: forward = 2 x multiply-adds; train step = 3x forward.
 
@@ -147,12 +181,17 @@ def analytic_flops(config: ml_collections.ConfigDict) -> dict[str, Any]:
   and of the weights), hence the usual 3x. The step computes slightly less:
   conv1's input gradient is never needed (the image takes no gradient), so
   `train_flops_per_image_exact` = 2 x (3 x forward MACs - conv1 MACs).
+  MFU is computed with the 3x convention. `..._without_padding`: see
+  `forward_macs_without_padding`.
   """
   layers = forward_macs_per_image(config)
   macs = sum(layers.values())
+  unpadded = forward_macs_without_padding(config)
   return {
       "forward_macs_per_layer": layers,
       "forward_macs_per_image": macs,
+      "forward_macs_per_image_without_padding": sum(unpadded.values()),
+      "forward_flops_per_image_without_padding": 2 * sum(unpadded.values()),
       "forward_flops_per_image": 2 * macs,
       "train_flops_per_image": 3 * 2 * macs,
       "train_flops_per_image_exact": 2 * (3 * macs - layers["conv1"]),
@@ -397,12 +436,14 @@ def measure_matmul_flops(devices: Sequence[jax.Device], size: int = 4096,
 
 def mesh_shapes(spec: str, num_devices: int, num_towers: int,
                 batch_size: int) -> list[tuple[int, int]]:
-  """Mesh shapes (data, model) to run: "auto" or e.g. "1x1,1x2".
+  """Mesh shapes (data, model) to run: "auto", "none" or e.g. "1x1,1x2".
 
   auto: 1x1 (both towers on one device), 1 x m for every model axis m that
   divides the towers, then data x model for data = 2, 4, 8, ... and the
   whole machine, as far as the devices and the batch allow.
   """
+  if spec in ("", "none"):
+    return []
   if spec != "auto":
     shapes = []
     for item in spec.split(","):
@@ -502,7 +543,10 @@ def benchmark_train_step(config: ml_collections.ConfigDict,
 
   profile = None
   if profile_dir is not None:
-    profile = profile_steps(compiled, state, batch, hlo, profile_dir)
+    profile = profile_steps(
+        compiled, state, batch, hlo, profile_dir, kernels=kernel_layers(
+            config.model, parallel.towers_per_device(
+                mesh, config.model.num_towers)))
 
   step_s = statistics.median(wall)
   collectives = collectives_from_hlo(hlo, mesh_shape)
@@ -544,7 +588,24 @@ _FC_EINSUMS = {"bti,tio->bo": "fc6", "bi,tio->bto": "fc7",
                "bti,tik->bk": "fc8"}
 
 
-def _op_category(line: str, body: str) -> str:
+def kernel_layers(config: ml_collections.ConfigDict,
+                  towers_local: int) -> dict[tuple[int, ...], str]:
+  """Conv layer by the sorted dims of its per-device kernel gradient.
+
+  XLA's weight-gradient convolutions carry no op_name; their result is the
+  kernel (k, k, inputs per group, local outputs) in some dim order.
+  """
+  towers = config.num_towers
+  c1, c2, c3, c4, c5 = config.conv_features
+  inputs = dict(conv1=3, conv2=c1, conv3=towers * c2, conv4=c3, conv5=c4)
+  outputs = dict(conv1=c1, conv2=c2, conv3=c3, conv4=c4, conv5=c5)
+  sizes = dict(conv1=11, conv2=5, conv3=3, conv4=3, conv5=3)
+  return {tuple(sorted((sizes[n], sizes[n], inputs[n],
+                        towers_local * outputs[n]))): n for n in sizes}
+
+
+def _op_category(line: str, body: str,
+                 kernels: dict[tuple[int, ...], str] | None = None) -> str:
   """A readable group for one top-level HLO op (fusion bodies included)."""
   op_name = re.search(r'op_name="([^"]*)"', line)
   op_name = op_name.group(1) if op_name else ""
@@ -562,7 +623,12 @@ def _op_category(line: str, body: str) -> str:
       _FC_EINSUMS.get(einsum.group(1)) if einsum else None)
   text = line + body
   if "convolution(" in text:
-    return f"conv {layer} {phase}" if layer else "conv weight gradients"
+    if layer:
+      return f"conv {layer} {phase}"
+    dims = re.match(r"\s*\S+ = [a-z\d]+\[([\d,]+)\]", line)
+    dims = tuple(sorted(int(d) for d in dims.group(1).split(","))
+                 ) if dims else ()
+    return f"conv {(kernels or {}).get(dims, '?')} weight gradient"
   if " dot(" in text:
     return f"matmul {layer} {phase}" if layer else "matmul (other)"
   if "_lrn" in op_name:
@@ -579,12 +645,34 @@ def _op_category(line: str, body: str) -> str:
 
 
 def profile_steps(compiled: Any, state: Any, batch: Any, hlo: str,
-                  log_dir: str, num_steps: int = 2) -> dict[str, Any]:
-  """Traces `num_steps` steps; busy time per op group, summed over threads.
+                  log_dir: str, num_steps: int = 2,
+                  kernels: dict[tuple[int, ...], str] | None = None
+                  ) -> dict[str, Any]:
+  """Traces `num_steps` steps with jax.profiler; see `summarize_trace`."""
+  jax.profiler.start_trace(log_dir)
+  start = time.perf_counter()
+  for _ in range(num_steps):
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+  wall = (time.perf_counter() - start) / num_steps
+  jax.profiler.stop_trace()
+  trace = sorted(glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"),
+                           recursive=True), key=os.path.getmtime)[-1]
+  summary = summarize_trace(trace, hlo, num_steps, kernels)
+  summary.update(wall_s_per_step=wall, trace=trace)
+  return summary
 
-  The sum over threads of op durations is CPU time (on CPU) spent in each
-  group; `busy_s_per_step` / `wall_s_per_step` is how many threads were
-  busy on average.
+
+def summarize_trace(trace: str, hlo: str, num_steps: int,
+                    kernels: dict[tuple[int, ...], str] | None = None
+                    ) -> dict[str, Any]:
+  """Time per op group of a trace of `num_steps` steps of compiled `hlo`.
+
+  Sums the durations of the trace events named like the program's
+  top-level ops, over all threads: on CPU this is the time threads spent
+  in each group (including time descheduled by other jobs), so
+  `busy_s_per_step` over the wall time is the average number of busy
+  threads.
   """
   entry = hlo[hlo.index("\nENTRY"):]
   bodies = {}
@@ -596,26 +684,15 @@ def profile_steps(compiled: Any, state: Any, batch: Any, hlo: str,
     if m:
       called = re.search(r"calls=%?([\w.\-]+)", line)
       body = bodies.get(called.group(1), "") if called else ""
-      ops[m.group(1)] = _op_category(line, body)
-  jax.profiler.start_trace(log_dir)
-  start = time.perf_counter()
-  for _ in range(num_steps):
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-  wall = (time.perf_counter() - start) / num_steps
-  jax.profiler.stop_trace()
-  trace = sorted(glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"),
-                           recursive=True), key=os.path.getmtime)[-1]
+      ops[m.group(1)] = _op_category(line, body, kernels)
   busy = collections.Counter()
   for plane in jax.profiler.ProfileData.from_file(trace).planes:
     for line in plane.lines:
       for event in line.events:
         if event.name in ops:
           busy[ops[event.name]] += event.duration_ns / 1e9 / num_steps
-  return {"wall_s_per_step": wall,
-          "busy_s_per_step": sum(busy.values()),
-          "busy_s_by_group": dict(busy.most_common()),
-          "trace": trace}
+  return {"busy_s_per_step": sum(busy.values()),
+          "busy_s_by_group": dict(busy.most_common())}
 
 
 # ---------------------------------------------------------------------------
@@ -710,24 +787,33 @@ def run(config: ml_collections.ConfigDict, *, batch_size: int,
   return report
 
 
-_HEADER = ("mesh  dev dtype     batch  compile_s  step_s  images/s  img/cpu_s"
-           "  TFLOP/s  MFU    coll_MB/step/dev (HLO | min)  load")
+_COLUMNS = (("mesh", 5), ("dev", 3), ("dtype", 8), ("batch", 5),
+            ("compile_s", 9), ("step_s", 7), ("img/s", 7),
+            ("img/cpu_s", 9), ("TFLOP/s", 7), ("MFU", 6),
+            ("coll_MB_hlo", 11), ("coll_MB_min", 11), ("load", 5))
+
+
+def _row(values: Sequence[str]) -> str:
+  return " ".join(f"{v:>{w}}" for v, (_, w) in zip(values, _COLUMNS))
 
 
 def format_row(r: dict[str, Any]) -> str:
-  hlo = r["collective_bytes_sent_per_device"]["total"] / 1e6
-  analytic = r["analytic_collective_bytes_per_device"]["total"] / 1e6
-  mfu = "  -  " if r.get("mfu") is None else f"{100 * r['mfu']:4.1f}%"
-  achieved = r.get("achieved_flops_per_s", 0.0) / 1e12
-  load = r.get("load_average_before", (float("nan"),))[0]
-  return (f"{r['mesh']:5s} {r['devices']:3d} {r['dtype']:9s} "
-          f"{r['batch_size']:5d} {r['lower_plus_compile_s']:9.1f} "
-          f"{r['step_s_median']:7.2f} {r['images_per_s']:9.1f} "
-          f"{r['images_per_cpu_s']:10.1f} {achieved:8.3f}  {mfu}  "
-          f"{hlo:12.3f} | {analytic:9.3f}              {load:4.1f}")
+  """One line of the results table (collectives: MB per device per step)."""
+  mfu = r.get("mfu")
+  return _row([
+      r["mesh"], str(r["devices"]), r["dtype"].replace("bfloat16", "bf16"),
+      str(r["batch_size"]), f"{r['lower_plus_compile_s']:.1f}",
+      f"{r['step_s_median']:.2f}", f"{r['images_per_s']:.1f}",
+      f"{r['images_per_cpu_s']:.1f}",
+      f"{r.get('achieved_flops_per_s', 0.0) / 1e12:.3f}",
+      "-" if mfu is None else f"{100 * mfu:.1f}%",
+      f"{r['collective_bytes_sent_per_device']['total'] / 1e6:.3f}",
+      f"{r['analytic_collective_bytes_per_device']['total'] / 1e6:.3f}",
+      f"{r.get('load_average_before', (float('nan'),))[0]:.1f}"])
 
 
 def format_report(report: dict[str, Any]) -> str:
+  """The printed report: FLOPs, the results table, per-case details."""
   flops = report["analytic_flops"]
   lines = [
       f"{report['backend']} x{report['num_devices']} "
@@ -740,25 +826,34 @@ def format_report(report: dict[str, Any]) -> str:
       f"({flops['forward_macs_per_image'] / PAPER_FORWARD_MACS:.4f} x the "
       "paper's 724M)",
       f"FLOPs per image: forward {flops['forward_flops_per_image'] / 1e9:.3f}"
-      f" G, train step (3x) {flops['train_flops_per_image'] / 1e9:.3f} G "
-      f"(exact, no conv1 input gradient: "
-      f"{flops['train_flops_per_image_exact'] / 1e9:.3f} G)",
-      "", _HEADER]
+      f" G ({flops['forward_flops_per_image_without_padding'] / 1e9:.3f} G "
+      f"without taps on zero padding); train step (3x) "
+      f"{flops['train_flops_per_image'] / 1e9:.3f} G (exact, no conv1 input "
+      f"gradient: {flops['train_flops_per_image_exact'] / 1e9:.3f} G)",
+      "", _row([name for name, _ in _COLUMNS])]
   lines += [format_row(r) for r in report["results"]]
-  lines.append("")
+  if report["results"]:
+    lines += [
+        "step_s: median wall time per step (each step blocked on); "
+        "img/cpu_s: images per CPU-second of the process; MFU: analytic "
+        "train FLOPs (3x forward) x img/s / peak; coll_MB: MB each device "
+        "sends per step, from the compiled HLO and the analytic minimum; "
+        "load: 1-min load average before the case.", ""]
   for r in report["results"]:
-    xla_t, xla_f = (r["xla_train_flops_per_image"],
-                    r["xla_forward_flops_per_image"])
     fmt = lambda x: "n/a" if x is None else f"{x / 1e9:.3f} G"
     mem = r["memory"]
     peak = mem["peak_device_bytes"]
+    peak = "None (not reported)" if peak is None else f"{peak / 2**30:.2f} GiB"
+    compiled = mem["compiled_bytes_per_device"]
     lines.append(
-        f"{r['mesh']} {r['dtype']}: XLA cost_analysis forward {fmt(xla_f)}, "
-        f"train {fmt(xla_t)} FLOPs/image; peak device memory "
-        f"{'None (not reported)' if peak is None else f'{peak / 2**30:.2f} GiB'}"
-        f"; XLA compiled memory "
-        f"{(mem['compiled_bytes_per_device'] or 0) / 2**30:.2f} GiB/device; "
-        f"step wall times {[round(s, 2) for s in r['step_s']]}")
+        f"{r['mesh']} {r['dtype']}: XLA cost_analysis FLOPs/image forward "
+        f"{fmt(r['xla_forward_flops_per_image'])}, train step "
+        f"{fmt(r['xla_train_flops_per_image'])}; peak "
+        f"{(r['peak_flops_per_s'] or 0) / 1e12:.3f} TFLOP/s "
+        f"({r['peak_source']}); peak device memory {peak}; XLA compiled "
+        f"memory "
+        f"{'n/a' if compiled is None else f'{compiled / 2**30:.2f} GiB'}"
+        f"/device; step times {[round(x, 2) for x in r['step_s']]} s")
     for c in r["collectives"]:
       if c["sent_bytes"]:
         lines.append(f"    {c['axis']:5s} {c['phase']:8s} {c['op']:15s} "
@@ -767,15 +862,18 @@ def format_report(report: dict[str, Any]) -> str:
     if r.get("profile"):
       p = r["profile"]
       lines.append(f"    profile: {p['wall_s_per_step']:.2f} s/step wall, "
-                   f"{p['busy_s_per_step']:.2f} s busy (summed over threads)")
+                   f"{p['busy_s_per_step']:.2f} s in ops (summed over "
+                   "threads):")
       for group, seconds in p["busy_s_by_group"].items():
-        lines.append(f"      {seconds:7.3f} s  {group}")
+        share = 100 * seconds / p["busy_s_per_step"]
+        lines.append(f"      {seconds:7.3f} s {share:5.1f}%  {group}")
   if report.get("input_pipeline"):
     i = report["input_pipeline"]
     lines.append(
-        f"Input pipeline (train transforms, {i['threads']} thread): "
-        f"{i['images_per_s']:.1f} images/s median, "
-        f"{i['images_per_cpu_s']:.1f} per CPU-second")
+        f"Input pipeline, training transforms, {i['threads']} tf.data "
+        f"thread, batch {i['batch_size']}: {i['images_per_s']:.1f} images/s "
+        f"median, {i['images_per_cpu_s']:.1f} per CPU-second, best pass "
+        f"{i['best_images_per_s']:.1f} (alexnet_jax/input_benchmark.py)")
   return "\n".join(lines)
 
 
@@ -788,7 +886,7 @@ def benchmark_input(num_images: int = 256, passes: int = 3,
   """
   from alexnet_jax import input_benchmark  # pylint: disable=g-import-not-at-top
 
-  # Caps TensorFlow's op pools to one thread, as input_benchmark's main does.
+  # One thread for TensorFlow's op pools too, as input_benchmark's main does.
   input_benchmark._limit_tensorflow_threads(1)  # pylint: disable=protected-access
   jpegs = input_benchmark.synthetic_jpegs(num_images)
   return input_benchmark.benchmark(jpegs, "train", threads=1, passes=passes,
@@ -807,7 +905,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 _MESHES = flags.DEFINE_string(
     "meshes", "auto", "'auto' (1x1, 1x2, then larger data x model shapes "
-    "as the devices allow) or a list like '1x1,1x2,2x2' (data x model).")
+    "as the devices allow), a list like '1x1,1x2,2x2' (data x model), or "
+    "'none' (e.g. with --input only).")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
                             "Compute dtypes (model.dtype) to run.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported).")
