@@ -4,8 +4,8 @@ Every layer holds `num_towers` towers (2 in the paper). A device runs the
 `towers_local` towers it holds; with the towers laid over the mesh's `model`
 axis (see parallel.py) a device holds one tower, without it both. The
 activations of the local towers are kept side by side in the channel (or
-unit) axis, tower-major, so tower-local layers are grouped convolutions with
-`feature_group_count = towers_local`, exactly the "groups" of cuda-convnet.
+unit) axis, tower-major; a tower-local layer is one convolution per tower on
+its channel block, the "groups" of cuda-convnet.
 
 Parameter layout (T = num_towers; every parameter but fc8's bias has T as its
 leading axis and is sharded over `model`):
@@ -186,17 +186,25 @@ class TowerConv(nn.Module):
          self.features))
     bias = self.param("bias", nn.initializers.constant(self.bias_value),
                       (self.towers, self.features))
-    # [T, kh, kw, I, O] -> [kh, kw, I, T*O]: one (grouped) convolution for
-    # the local towers, output channels tower-major.
-    kh, kw = self.kernel_size, self.kernel_size
-    kernel_HWIO = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(
-        kh, kw, in_features, self.towers * self.features)
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel_HWIO.astype(self.dtype),
-        window_strides=(self.stride, self.stride),
-        padding=self.padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=1 if self.shared_input else self.towers)
+    def conv(x, kernel_HWIO):
+      return jax.lax.conv_general_dilated(
+          x.astype(self.dtype), kernel_HWIO.astype(self.dtype),
+          window_strides=(self.stride, self.stride), padding=self.padding,
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    if self.shared_input:
+      # [T, kh, kw, I, O] -> [kh, kw, I, T*O]: one convolution for the local
+      # towers, output channels tower-major.
+      kh, kw = self.kernel_size, self.kernel_size
+      y = conv(x, jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(
+          kh, kw, in_features, self.towers * self.features))
+    else:
+      # One convolution per tower on its own channel block. The same function
+      # as a grouped convolution (feature_group_count=towers), which XLA:CPU
+      # runs 2-4x slower (measured with `alexnet_jax.benchmark --profile`).
+      x_T = jnp.split(x, self.towers, axis=-1)
+      y = jnp.concatenate([conv(x_T[t], kernel[t])
+                           for t in range(self.towers)], axis=-1)
     return y + bias.reshape(-1).astype(self.dtype)
 
 
