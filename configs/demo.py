@@ -13,6 +13,12 @@ CPU-only host the program makes the 2 devices itself (fake CPU devices), so
 the model-parallel path runs. It ends with a table of 1-crop and 10-crop
 top-1/top-5 errors, the trivial baseline and images/s.
 
+Departures from the paper's recipe (configs/ilsvrc2010.py), each one for the
+5-minute CPU budget and explained where it is set below: 72x72 storage and
+64x64 crops, a quarter of the widths, Caffe's init scaled to the widths, no
+dropout, learning rate 0.02 divided by 10 at epochs 45 and 55 (60 in all),
+batch 64, validation every 10 epochs.
+
 Hardware, time and result: see README "Demo" (measured on the project's
 2-core CPU machine).
 
@@ -45,17 +51,38 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A quarter of the paper's widths (per tower).
   c.model.conv_features = (12, 32, 48, 48, 32)
   c.model.fc_features = (256, 256)
-  # Keep the paper's activation scale at reduced width (see model.py).
+  # Init: Caffe's bvlc_alexnet (N(0, 0.01^2), fc6/fc7 std 0.005, biases 0.1),
+  # each std scaled by sqrt(paper fan-in / fan-in) to keep the paper's
+  # per-layer activation scale at these widths (see model.py). Measured on
+  # this data: with the paper's init (biases 1 in conv2/4/5, fc6/7) the loss
+  # stays at ln(10) = 2.30 for 20 epochs (lr 0.01 with dropout, 0.02
+  # without) and every fc7 ReLU dies -- the input-dependent part of the
+  # logits starts at ~0.006 against biases of 1; Caffe's init leaves the
+  # plateau after ~8 epochs at lr 0.02.
+  c.model.init = "caffe"
   c.model.init_scale_to_width = True
+  # No dropout (paper: 0.5 after fc6 and fc7): in this budget it slows
+  # training more than it helps. Measured with 50 epochs (/10 at 40):
+  # validation error 7-10% without dropout (3 seeds), 12% with 0.25.
+  c.model.dropout_rate = 0.0
+  # Batch 64 (paper: 128): twice the updates per epoch on 3,000 images.
   c.batch_size = 64
   c.eval_batch_size = 100
-  c.num_epochs = 12
+  # Paper: lr 0.01, /10 on validation plateaus (3 times), ~90 epochs. Here
+  # a fixed step schedule: 0.02 (leaves the initial plateau sooner than
+  # 0.01), /10 at epochs 45 and 55, stop at 60 (2,760 steps, 1.5-2.5 minutes
+  # on 2 CPU cores). Measured (2 seeds each): 5-6% validation error; one
+  # drop at 48: 6-7%.
+  c.num_epochs = 60
   c.optim.schedule = "steps"
   c.optim.learning_rate = 0.02
-  c.optim.boundary_epochs = (8, 11)
+  c.optim.boundary_epochs = (45, 55)
+  # Validation (1 crop) every 10 epochs, not every epoch: each pass costs a
+  # few seconds of a budget of minutes.
+  c.eval_every_epochs = 10
   c.shuffle_buffer_size = 3000
-  c.log_every_steps = 20
-  c.checkpoint_every_steps = 200
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
   c.mesh.data = 1
   c.mesh.model = 2
   c.cpu_devices = 2
@@ -68,6 +95,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_batch_size = 16
     c.num_epochs = 2
     c.optim.boundary_epochs = (1,)
+    # The tests' runs keep the paper's dropout and validate every epoch, so
+    # that resume and preemption cover dropout masks and evaluations.
+    c.model.dropout_rate = 0.5
+    c.eval_every_epochs = 1
     c.log_every_steps = 2
     c.checkpoint_every_steps = 4
   return c
