@@ -32,6 +32,10 @@ from alexnet_jax.data import ilsvrc2010
 from alexnet_jax.data import mini
 
 
+# See train_and_evaluate.
+_OPEN_TRAIN_STREAMS = []
+
+
 class TrainingError(RuntimeError):
   """The run cannot go on (e.g. a NaN loss); the message says what to do."""
 
@@ -247,6 +251,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_step = steps.make_train_step(config, mesh, shardings,
                                      steps_per_epoch)
   batches = data.train_batches(start_step)
+  # The endless training stream is never destroyed: TensorFlow 2.21 can hang
+  # in the destructor of an unfinished tf.data iterator (its autotuning
+  # thread; seen once in a few demo runs). main.py exits with os._exit.
+  _OPEN_TRAIN_STREAMS.append(batches)
   progress = _Progress(start_step, total_steps, config.batch_size)
   preemption = checkpoint.PreemptionFlag()
   eval_every = config.eval_every_epochs * steps_per_epoch
@@ -254,12 +262,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   def extra_state():
     return dict(plateau=plateau.state_dict(), steps_per_epoch=steps_per_epoch)
 
+  # XLA:CPU with several (fake) devices can deadlock when the next step's
+  # collectives are dispatched while the previous program still runs
+  # (seen in about 1 of 3 long CPU runs, never with this wait; no measurable
+  # cost on CPU). Accelerators keep asynchronous dispatch.
+  sync_every_step = jax.default_backend() == "cpu" and mesh.devices.size > 1
   step = start_step
   logging.info("training steps %d..%d (%d per epoch, batch %d)", start_step,
                total_steps, steps_per_epoch, config.batch_size)
   with preemption:
     while step < total_steps and not plateau.done:
       state, metrics = train_step(state, next(batches))
+      if sync_every_step:
+        jax.block_until_ready(metrics)
       step += 1
       if step == start_step + 1:
         progress.start(step)  # The first step compiled; time from here.
