@@ -54,25 +54,18 @@ try:
 except (RuntimeError, ValueError):  # Already initialized, or no GPU support.
   pass
 
-# --- The release files (PAPER.md §3). ---
-TRAIN_TAR = "ILSVRC2010_images_train.tar"
-VAL_TAR = "ILSVRC2010_images_val.tar"
-TEST_TAR = "ILSVRC2010_images_test.tar"
-DEVKIT_TAR = "ILSVRC2010_devkit-1.0.tar.gz"
-TEST_GROUND_TRUTH = "ILSVRC2010_test_ground_truth.txt"
-PATCH_TAR = "patch_images.tar"
-REQUIRED_FILES = (
-    TRAIN_TAR,
-    VAL_TAR,
-    TEST_TAR,
-    DEVKIT_TAR,
-    TEST_GROUND_TRUTH,
-    PATCH_TAR,
-)
-META_MEMBER = "devkit-1.0/data/meta.mat"
-VAL_GROUND_TRUTH_MEMBER = (
-    "devkit-1.0/data/ILSVRC2010_validation_ground_truth.txt"
-)
+# --- The release files (PAPER.md §3), in release.py. ---
+# pylint: disable=unused-import
+from alexnet_jax.data.release import DEVKIT_TAR
+from alexnet_jax.data.release import META_MEMBER
+from alexnet_jax.data.release import PATCH_TAR
+from alexnet_jax.data.release import REQUIRED_FILES
+from alexnet_jax.data.release import TEST_GROUND_TRUTH
+from alexnet_jax.data.release import TEST_TAR
+from alexnet_jax.data.release import TRAIN_TAR
+from alexnet_jax.data.release import VAL_GROUND_TRUTH_MEMBER
+from alexnet_jax.data.release import VAL_TAR
+# pylint: enable=unused-import
 
 # Split name -> (image archive, top-level directory in patch_images.tar).
 SPLIT_ARCHIVES = {

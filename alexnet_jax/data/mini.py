@@ -48,18 +48,18 @@ from PIL import ImageFilter
 from PIL import ImageStat
 import scipy.io
 
-# The builder's file names, repeated here so that generating the data does
-# not import TensorFlow; tests check the two agree.
-TRAIN_TAR = "ILSVRC2010_images_train.tar"
-VAL_TAR = "ILSVRC2010_images_val.tar"
-TEST_TAR = "ILSVRC2010_images_test.tar"
-DEVKIT_TAR = "ILSVRC2010_devkit-1.0.tar.gz"
-TEST_GROUND_TRUTH = "ILSVRC2010_test_ground_truth.txt"
-PATCH_TAR = "patch_images.tar"
-META_MEMBER = "devkit-1.0/data/meta.mat"
-VAL_GROUND_TRUTH_MEMBER = (
-    "devkit-1.0/data/ILSVRC2010_validation_ground_truth.txt"
-)
+# The release's file names, shared with the builder (TensorFlow-free).
+# pylint: disable=unused-import
+from alexnet_jax.data.release import DEVKIT_TAR
+from alexnet_jax.data.release import META_MEMBER
+from alexnet_jax.data.release import PATCH_TAR
+from alexnet_jax.data.release import REQUIRED_FILES
+from alexnet_jax.data.release import TEST_GROUND_TRUTH
+from alexnet_jax.data.release import TEST_TAR
+from alexnet_jax.data.release import TRAIN_TAR
+from alexnet_jax.data.release import VAL_GROUND_TRUTH_MEMBER
+from alexnet_jax.data.release import VAL_TAR
+# pylint: enable=unused-import
 # Written last: its presence with matching parameters means "complete".
 STAMP_FILE = "MINI_DATASET.json"
 # Bump when the output for given parameters changes.
