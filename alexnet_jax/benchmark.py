@@ -4,12 +4,13 @@ A tool, not a test. For each mesh shape and dtype it times the train step of
 the paper's full model (`model.default_config()`, 60,965,224 parameters, the
 §5 optimizer) on a fixed random batch that is already on the devices:
 
-  python -m alexnet_jax.benchmark [--batch_size=128] [--meshes=auto|1x1,1x2]
+  python -m alexnet_jax.benchmark [--batch_size=128[,256,...]]
+      [--meshes=auto|1x1,1x2]
       [--dtypes=float32,bfloat16] [--steps=5] [--warmup=2] [--cpu_devices=2]
       [--config=configs/ilsvrc2010.py[:ARGS]] [--input] [--profile]
       [--json=FILE]
 
-What it reports, per (mesh, dtype):
+What it reports, per (mesh, dtype, batch size):
   * images/s: batch / median wall time of `--steps` steps after `--warmup`
     steps. Each step is blocked on (`jax.block_until_ready` on the new state
     and metrics) and timed on its own; no host transfer is in the loop. Also
@@ -28,6 +29,10 @@ What it reports, per (mesh, dtype):
     scheme (`analytic_collective_bytes`).
   * peak device memory (`device.memory_stats()`; the CPU backend reports
     none, so it is None there) and XLA's compiled memory analysis.
+
+Several batch sizes (`--batch_size=128,512,2048`) add the best batch per
+(mesh, dtype) to the report; a batch that does not fit in device memory is
+reported as such and the sweep goes on.
 
 `--input` adds the input pipeline's training images/s on one core
 (alexnet_jax/input_benchmark.py; needs TensorFlow, imported only then).
@@ -593,15 +598,18 @@ def kernel_layers(config: ml_collections.ConfigDict,
   """Conv layer by the sorted dims of its per-device kernel gradient.
 
   XLA's weight-gradient convolutions carry no op_name; their result is the
-  kernel (k, k, inputs per group, local outputs) in some dim order.
+  kernel in some dim order: (k, k, inputs, local towers x outputs) for the
+  layers whose towers share one convolution (conv1, conv3), (k, k, inputs
+  per tower, outputs) for the one-convolution-per-tower layers (model.py).
   """
   towers = config.num_towers
   c1, c2, c3, c4, c5 = config.conv_features
   inputs = dict(conv1=3, conv2=c1, conv3=towers * c2, conv4=c3, conv5=c4)
-  outputs = dict(conv1=c1, conv2=c2, conv3=c3, conv4=c4, conv5=c5)
+  outputs = dict(conv1=towers_local * c1, conv2=c2,
+                 conv3=towers_local * c3, conv4=c4, conv5=c5)
   sizes = dict(conv1=11, conv2=5, conv3=3, conv4=3, conv5=3)
-  return {tuple(sorted((sizes[n], sizes[n], inputs[n],
-                        towers_local * outputs[n]))): n for n in sizes}
+  return {tuple(sorted((sizes[n], sizes[n], inputs[n], outputs[n]))): n
+          for n in sizes}
 
 
 def _op_category(line: str, body: str,
@@ -720,16 +728,34 @@ def _with_dtype(config: ml_collections.ConfigDict, dtype: str
   return config
 
 
-def run(config: ml_collections.ConfigDict, *, batch_size: int,
+def _out_of_memory(error: Exception) -> bool:
+  return "RESOURCE_EXHAUSTED" in str(error) or "Out of memory" in str(error)
+
+
+def best_batches(results: Sequence[dict[str, Any]]
+                 ) -> list[dict[str, Any]]:
+  """The fastest batch size of each (mesh, dtype) that ran several."""
+  groups = collections.defaultdict(list)
+  for r in results:
+    if "images_per_s" in r:
+      groups[r["mesh"], r["dtype"]].append(r)
+  return [dict(mesh=mesh, dtype=dtype, batch_size=best["batch_size"],
+               images_per_s=best["images_per_s"],
+               batch_sizes=[r["batch_size"] for r in group])
+          for (mesh, dtype), group in groups.items() if len(group) > 1
+          for best in [max(group, key=lambda r: r["images_per_s"])]]
+
+
+def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
         meshes: str = "auto", dtypes: Sequence[str] = ("float32",),
         steps: int = 5, warmup: int = 2, matmul_size: int = 4096,
         profile_dir: str | None = None, log=print) -> dict[str, Any]:
-  """Benchmarks every (mesh, dtype); returns the JSON-able report."""
+  """Benchmarks every (mesh, dtype, batch); returns the JSON-able report."""
   devices = jax.devices()
   backend = jax.default_backend()
   flops = analytic_flops(config.model)
   shapes = mesh_shapes(meshes, len(devices), config.model.num_towers,
-                       batch_size)
+                       math.gcd(*batch_sizes))
   report = {
       "backend": backend,
       "device_kind": devices[0].device_kind,
@@ -752,38 +778,50 @@ def run(config: ml_collections.ConfigDict, *, batch_size: int,
       "results": [],
   }
   peaks: dict[tuple[int, str], float] = {}
-  for shape in shapes:
-    for dtype in dtypes:
-      load_before = os.getloadavg()
-      log(f"mesh {shape[0]}x{shape[1]} {dtype}: batch {batch_size}, "
-          f"load {load_before[0]:.2f} ...")
-      case_dir = None if profile_dir is None else os.path.join(
-          profile_dir, f"{shape[0]}x{shape[1]}_{dtype}")
+  cases = [(shape, dtype, batch) for shape in shapes for dtype in dtypes
+           for batch in batch_sizes]
+  for shape, dtype, batch_size in cases:
+    mesh = f"{shape[0]}x{shape[1]}"
+    load_before = os.getloadavg()
+    log(f"mesh {mesh} {dtype}: batch {batch_size}, "
+        f"load {load_before[0]:.2f} ...")
+    case_dir = None if profile_dir is None else os.path.join(
+        profile_dir, f"{mesh}_{dtype}_{batch_size}")
+    try:
       result = benchmark_train_step(
           _with_dtype(config, dtype), shape, batch_size, steps=steps,
           warmup=warmup, profile_dir=case_dir)
-      n = result["devices"]
-      if backend == "cpu":
-        if (n, "float32") not in peaks:
-          peaks[n, "float32"] = measure_matmul_flops(
-              jax.devices()[:n], matmul_size, "float32")
-        peak = peaks[n, "float32"]
-        peak_source = (f"measured float32 {matmul_size}^3 matmul on the "
-                       f"same {n} device(s)")
-      else:
-        one = datasheet_peak(devices[0], dtype)
-        peak = None if one is None else one * n
-        peak_source = "vendor datasheet, dense" if one else "unknown device"
-      achieved = flops["train_flops_per_image"] * result["images_per_s"]
-      result.update(
-          load_average_before=load_before,
-          load_average_after=os.getloadavg(),
-          achieved_flops_per_s=achieved,
-          peak_flops_per_s=peak,
-          peak_source=peak_source,
-          mfu=None if not peak else achieved / peak)
-      report["results"].append(result)
-      log(format_row(result))
+    except jax.errors.JaxRuntimeError as e:
+      if not _out_of_memory(e):
+        raise
+      log(f"  batch {batch_size} does not fit in device memory")
+      report["results"].append(dict(
+          mesh=mesh, dtype=dtype, batch_size=batch_size,
+          error="out of device memory"))
+      continue
+    n = result["devices"]
+    if backend == "cpu":
+      if (n, "float32") not in peaks:
+        peaks[n, "float32"] = measure_matmul_flops(
+            jax.devices()[:n], matmul_size, "float32")
+      peak = peaks[n, "float32"]
+      peak_source = (f"measured float32 {matmul_size}^3 matmul on the "
+                     f"same {n} device(s)")
+    else:
+      one = datasheet_peak(devices[0], dtype)
+      peak = None if one is None else one * n
+      peak_source = "vendor datasheet, dense" if one else "unknown device"
+    achieved = flops["train_flops_per_image"] * result["images_per_s"]
+    result.update(
+        load_average_before=load_before,
+        load_average_after=os.getloadavg(),
+        achieved_flops_per_s=achieved,
+        peak_flops_per_s=peak,
+        peak_source=peak_source,
+        mfu=None if not peak else achieved / peak)
+    report["results"].append(result)
+    log(format_row(result))
+  report["best_batch"] = best_batches(report["results"])
   return report
 
 
@@ -799,6 +837,9 @@ def _row(values: Sequence[str]) -> str:
 
 def format_row(r: dict[str, Any]) -> str:
   """One line of the results table (collectives: MB per device per step)."""
+  if "error" in r:
+    return _row([r["mesh"], "", r["dtype"].replace("bfloat16", "bf16"),
+                 str(r["batch_size"]), r["error"]])
   mfu = r.get("mfu")
   return _row([
       r["mesh"], str(r["devices"]), r["dtype"].replace("bfloat16", "bf16"),
@@ -839,7 +880,15 @@ def format_report(report: dict[str, Any]) -> str:
         "train FLOPs (3x forward) x img/s / peak; coll_MB: MB each device "
         "sends per step, from the compiled HLO and the analytic minimum; "
         "load: 1-min load average before the case.", ""]
+  for best in report.get("best_batch", ()):
+    lines.append(
+        f"best batch, {best['mesh']} {best['dtype']}: {best['batch_size']} "
+        f"({best['images_per_s']:.1f} images/s; of {best['batch_sizes']})")
+  if report.get("best_batch"):
+    lines.append("")
   for r in report["results"]:
+    if "error" in r:
+      continue
     fmt = lambda x: "n/a" if x is None else f"{x / 1e9:.3f} G"
     mem = r["memory"]
     peak = mem["peak_device_bytes"]
@@ -902,7 +951,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "(e.g. configs/ilsvrc2010.py:caffe_lrn); default: the paper's model and "
     "optimizer (model.default_config(), optim.default_config()).",
     lock_config=False)
-_BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+_BATCH = flags.DEFINE_list(
+    "batch_size", ["128"], "Global batch size, or a list of them to sweep "
+    "(e.g. 128,512,2048): the report adds the best one per mesh and dtype.")
 _MESHES = flags.DEFINE_string(
     "meshes", "auto", "'auto' (1x1, 1x2, then larger data x model shapes "
     "as the devices allow), a list like '1x1,1x2,2x2' (data x model), or "
@@ -945,7 +996,14 @@ def main(argv: Sequence[str]) -> None:
   if _PROFILE.value:
     profile_dir = _PROFILE_DIR.value or tempfile.mkdtemp(
         prefix="alexnet_benchmark_")
-  report = run(config, batch_size=_BATCH.value, meshes=_MESHES.value,
+  try:
+    batch_sizes = [int(b) for b in _BATCH.value]
+  except ValueError:
+    batch_sizes = []
+  if not batch_sizes or min(batch_sizes) < 1:
+    raise app.UsageError(f"--batch_size={','.join(_BATCH.value)}: give "
+                         "positive integers, e.g. --batch_size=128,512.")
+  report = run(config, batch_sizes=batch_sizes, meshes=_MESHES.value,
                dtypes=_DTYPES.value, steps=_STEPS.value,
                warmup=_WARMUP.value, matmul_size=_MATMUL.value,
                profile_dir=profile_dir,

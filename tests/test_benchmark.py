@@ -70,7 +70,7 @@ def test_tiny_forward_multiply_adds():
 
 @pytest.fixture(scope="module")
 def report():
-  return benchmark.run(helpers.tiny_config(), batch_size=4,
+  return benchmark.run(helpers.tiny_config(), batch_sizes=(4, 8),
                        meshes="1x1,1x2", dtypes=("float32",), steps=2,
                        warmup=1, matmul_size=256, log=lambda *_: None)
 
@@ -79,8 +79,17 @@ def test_report_is_complete_json(report):
   report = json.loads(json.dumps(report, default=float))
   assert report["backend"] == "cpu"
   assert report["num_params"] == 18_090
-  assert [(r["mesh"], r["devices"], r["dtype"]) for r in report["results"]
-          ] == [("1x1", 1, "float32"), ("1x2", 2, "float32")]
+  assert [(r["mesh"], r["devices"], r["dtype"], r["batch_size"])
+          for r in report["results"]] == [
+              ("1x1", 1, "float32", 4), ("1x1", 1, "float32", 8),
+              ("1x2", 2, "float32", 4), ("1x2", 2, "float32", 8)]
+  # The sweep names the fastest batch of each mesh.
+  assert [(b["mesh"], b["batch_sizes"]) for b in report["best_batch"]] == [
+      ("1x1", [4, 8]), ("1x2", [4, 8])]
+  for best in report["best_batch"]:
+    assert best["images_per_s"] == max(
+        r["images_per_s"] for r in report["results"]
+        if r["mesh"] == best["mesh"])
   for r in report["results"]:
     for key in ("images_per_s", "images_per_cpu_s", "lower_s", "compile_s",
                 "achieved_flops_per_s", "peak_flops_per_s", "mfu",
@@ -101,7 +110,7 @@ def test_report_is_complete_json(report):
 
 def test_collective_bytes_from_hlo_equal_the_analytic_minimum(report):
   """Bytes each device sends per step, batch 4, float32, tiny sizes."""
-  one, two = report["results"]
+  one, two = (r for r in report["results"] if r["batch_size"] == 4)
   # Both towers on one device: nothing crosses devices (XLA keeps a psum
   # over the size-1 data axis; its one-device groups send nothing).
   assert one["collective_bytes_sent_per_device"]["total"] == 0
@@ -167,3 +176,26 @@ def test_model_benchmark_does_not_import_tensorflow():
           "assert 'tensorflow' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], cwd=helpers.REPO_ROOT,
                  check=True, timeout=120)
+
+
+def test_best_batch_skips_batches_that_did_not_fit():
+  results = [
+      dict(mesh="1x1", dtype="bfloat16", batch_size=128, images_per_s=10.0),
+      dict(mesh="1x1", dtype="bfloat16", batch_size=512, images_per_s=30.0),
+      dict(mesh="1x1", dtype="bfloat16", batch_size=4096,
+           error="out of device memory"),
+      dict(mesh="1x2", dtype="bfloat16", batch_size=128, images_per_s=5.0),
+  ]
+  assert benchmark.best_batches(results) == [dict(
+      mesh="1x1", dtype="bfloat16", batch_size=512, images_per_s=30.0,
+      batch_sizes=[128, 512])]
+  assert "out of device memory" in benchmark.format_row(results[2])
+
+
+def test_bad_batch_size_flag_is_a_usage_error():
+  result = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.benchmark", "--batch_size=128,x",
+       "--meshes=none"], cwd=helpers.REPO_ROOT, capture_output=True,
+      text=True, check=False)
+  assert result.returncode != 0
+  assert "--batch_size=128,x: give positive integers" in result.stderr
