@@ -8,7 +8,7 @@ the paper's full model (`model.default_config()`, 60,965,224 parameters, the
       [--meshes=auto|1x1,1x2]
       [--dtypes=float32,bfloat16] [--steps=5] [--warmup=2] [--cpu_devices=2]
       [--config=configs/ilsvrc2010.py[:ARGS]] [--input] [--profile]
-      [--json=FILE]
+      [--interleave] [--json=FILE]
 
 What it reports, per (mesh, dtype, batch size):
   * images/s: batch / median wall time of `--steps` steps after `--warmup`
@@ -30,7 +30,9 @@ What it reports, per (mesh, dtype, batch size):
   * peak device memory (`device.memory_stats()`; the CPU backend reports
     none, so it is None there) and XLA's compiled memory analysis.
 
-Several batch sizes (`--batch_size=128,512,2048`) add the best batch per
+`--interleave` compiles every case first and then times one step of each in
+turn, so that on a machine shared with other jobs all cases see the same
+load. Several batch sizes (`--batch_size=128,512,2048`) add the best batch per
 (mesh, dtype) to the report; a batch that does not fit in device memory is
 reported as such and the sweep goes on.
 
@@ -503,85 +505,96 @@ def _memory(compiled: Any, devices: Iterable[jax.Device]) -> dict[str, Any]:
           "compiled_bytes_per_device": compiled_bytes}
 
 
-def benchmark_train_step(config: ml_collections.ConfigDict,
-                         mesh_shape: tuple[int, int], batch_size: int, *,
-                         steps: int = 5, warmup: int = 2,
-                         profile_dir: str | None = None) -> dict[str, Any]:
-  """Times the train step of `config` (model + optim) on a data x model mesh.
+class TrainStepCase:
+  """The compiled train step of `config` (model + optim) on a data x model
+  mesh, with its state and a fixed batch, timed step by step.
 
-  Returns compile time, per-step wall and CPU times, images/s, XLA's FLOPs
-  of the step and of the forward pass, collectives of the compiled step,
-  memory; with `profile_dir`, where the time of two traced steps goes.
+  `result()` gives compile time, per-step wall and CPU times, images/s,
+  XLA's FLOPs of the step and of the forward pass, the collectives of the
+  compiled step and memory. `run` times the cases one after another or,
+  with `interleave`, one step of each in turn.
   """
-  mesh = parallel.make_mesh(*mesh_shape, num_towers=config.model.num_towers)
-  devices = list(mesh.devices.flat)
-  num_devices = len(devices)
-  parallel.check_batch_size(batch_size, mesh)
-  state, shardings = steps_lib.create_train_state(
-      config, jax.random.key(0), mesh)
-  train_step = steps_lib.make_train_step(config, mesh, shardings)
-  batch = parallel.shard_batch(random_batch(config, batch_size), mesh)
 
-  start = time.perf_counter()
-  lowered = train_step.lower(state, batch)
-  lower_s = time.perf_counter() - start
-  start = time.perf_counter()
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - start
-  hlo = compiled.as_text()
+  def __init__(self, config: ml_collections.ConfigDict,
+               mesh_shape: tuple[int, int], batch_size: int):
+    self.config, self.mesh_shape, self.batch_size = (config, mesh_shape,
+                                                     batch_size)
+    self.mesh = parallel.make_mesh(*mesh_shape,
+                                   num_towers=config.model.num_towers)
+    parallel.check_batch_size(batch_size, self.mesh)
+    self.state, shardings = steps_lib.create_train_state(
+        config, jax.random.key(0), self.mesh)
+    train_step = steps_lib.make_train_step(config, self.mesh, shardings)
+    self.batch = parallel.shard_batch(random_batch(config, batch_size),
+                                      self.mesh)
+    start = time.perf_counter()
+    lowered = train_step.lower(self.state, self.batch)
+    self.lower_s = time.perf_counter() - start
+    start = time.perf_counter()
+    self.compiled = lowered.compile()
+    self.compile_s = time.perf_counter() - start
+    # XLA's count of the forward pass alone (inference, no dropout).
+    apply = model_lib.make_apply(config.model, self.mesh)
+    self.forward = jax.jit(apply).lower(self.state.params,
+                                        self.batch["image"]).compile()
+    self.metrics = None
+    self.wall: list[float] = []
+    self.cpu: list[float] = []
 
-  # XLA's count of the forward pass alone (inference, no dropout).
-  apply = model_lib.make_apply(config.model, mesh)
-  forward = jax.jit(apply).lower(state.params, batch["image"]).compile()
-
-  for _ in range(warmup):
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-  wall, cpu = [], []
-  for _ in range(steps):
+  def step(self, timed: bool = True) -> None:
+    """One step, blocked on; its wall and CPU seconds recorded if `timed`."""
     wall_start, cpu_start = time.perf_counter(), time.process_time()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    wall.append(time.perf_counter() - wall_start)
-    cpu.append(time.process_time() - cpu_start)
-  loss = float(metrics["loss"])
+    self.state, self.metrics = self.compiled(self.state, self.batch)
+    jax.block_until_ready((self.state, self.metrics))
+    if timed:
+      self.wall.append(time.perf_counter() - wall_start)
+      self.cpu.append(time.process_time() - cpu_start)
 
-  profile = None
-  if profile_dir is not None:
-    profile = profile_steps(
-        compiled, state, batch, hlo, profile_dir, kernels=kernel_layers(
-            config.model, parallel.towers_per_device(
-                mesh, config.model.num_towers)))
-
-  step_s = statistics.median(wall)
-  collectives = collectives_from_hlo(hlo, mesh_shape)
-  xla_step = _cost_flops(compiled)
-  xla_forward = _cost_flops(forward)
-  # The compiled module is the per-device program: x devices for the mesh.
-  per_image = lambda f: None if f is None else f * num_devices / batch_size
-  return {
-      "mesh": f"{mesh_shape[0]}x{mesh_shape[1]}",
-      "devices": num_devices,
-      "dtype": config.model.dtype,
-      "batch_size": batch_size,
-      "lower_s": lower_s,
-      "compile_s": compile_s,
-      "lower_plus_compile_s": lower_s + compile_s,
-      "step_s_median": step_s,
-      "step_s": wall,
-      "step_cpu_s": cpu,
-      "images_per_s": batch_size / step_s,
-      "images_per_cpu_s": batch_size / statistics.median(cpu),
-      "final_loss": loss,
-      "xla_train_flops_per_image": per_image(xla_step),
-      "xla_forward_flops_per_image": per_image(xla_forward),
-      "collectives": collectives,
-      "collective_bytes_sent_per_device": summarize_collectives(collectives),
-      "analytic_collective_bytes_per_device": analytic_collective_bytes(
-          config.model, mesh_shape, batch_size),
-      "memory": _memory(compiled, devices),
-      "profile": profile,
-  }
+  def result(self, profile_dir: str | None = None) -> dict[str, Any]:
+    """The figures of the timed steps; with `profile_dir`, where the time
+    of two more (traced) steps goes."""
+    config, mesh_shape, batch_size = (self.config, self.mesh_shape,
+                                      self.batch_size)
+    devices = list(self.mesh.devices.flat)
+    num_devices = len(devices)
+    hlo = self.compiled.as_text()
+    loss = float(self.metrics["loss"])
+    profile = None
+    if profile_dir is not None:
+      profile = profile_steps(
+          self.compiled, self.state, self.batch, hlo, profile_dir,
+          kernels=kernel_layers(config.model, parallel.towers_per_device(
+              self.mesh, config.model.num_towers)))
+    step_s = statistics.median(self.wall)
+    collectives = collectives_from_hlo(hlo, mesh_shape)
+    xla_step = _cost_flops(self.compiled)
+    xla_forward = _cost_flops(self.forward)
+    # The compiled module is the per-device program: x devices for the mesh.
+    per_image = lambda f: None if f is None else f * num_devices / batch_size
+    return {
+        "mesh": f"{mesh_shape[0]}x{mesh_shape[1]}",
+        "devices": num_devices,
+        "dtype": config.model.dtype,
+        "batch_size": batch_size,
+        "lower_s": self.lower_s,
+        "compile_s": self.compile_s,
+        "lower_plus_compile_s": self.lower_s + self.compile_s,
+        "step_s_median": step_s,
+        "step_s": self.wall,
+        "step_cpu_s": self.cpu,
+        "images_per_s": batch_size / step_s,
+        "images_per_cpu_s": batch_size / statistics.median(self.cpu),
+        "final_loss": loss,
+        "xla_train_flops_per_image": per_image(xla_step),
+        "xla_forward_flops_per_image": per_image(xla_forward),
+        "collectives": collectives,
+        "collective_bytes_sent_per_device": summarize_collectives(
+            collectives),
+        "analytic_collective_bytes_per_device": analytic_collective_bytes(
+            config.model, mesh_shape, batch_size),
+        "memory": _memory(self.compiled, devices),
+        "profile": profile,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -739,18 +752,28 @@ def best_batches(results: Sequence[dict[str, Any]]
   for r in results:
     if "images_per_s" in r:
       groups[r["mesh"], r["dtype"]].append(r)
-  return [dict(mesh=mesh, dtype=dtype, batch_size=best["batch_size"],
-               images_per_s=best["images_per_s"],
-               batch_sizes=[r["batch_size"] for r in group])
-          for (mesh, dtype), group in groups.items() if len(group) > 1
-          for best in [max(group, key=lambda r: r["images_per_s"])]]
+  best = []
+  for (mesh, dtype), group in groups.items():
+    if len(group) > 1:
+      fastest = max(group, key=lambda r: r["images_per_s"])
+      best.append(dict(mesh=mesh, dtype=dtype,
+                       batch_size=fastest["batch_size"],
+                       images_per_s=fastest["images_per_s"],
+                       batch_sizes=[r["batch_size"] for r in group]))
+  return best
 
 
 def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
         meshes: str = "auto", dtypes: Sequence[str] = ("float32",),
         steps: int = 5, warmup: int = 2, matmul_size: int = 4096,
-        profile_dir: str | None = None, log=print) -> dict[str, Any]:
-  """Benchmarks every (mesh, dtype, batch); returns the JSON-able report."""
+        profile_dir: str | None = None, interleave: bool = False,
+        log=print) -> dict[str, Any]:
+  """Benchmarks every (mesh, dtype, batch); returns the JSON-able report.
+
+  `interleave`: compile and warm up every case first, then time one step of
+  each in turn, `steps` rounds, so that all cases see the same load (the
+  fair comparison on a shared machine; needs every case in memory at once).
+  """
   devices = jax.devices()
   backend = jax.default_backend()
   flops = analytic_flops(config.model)
@@ -780,24 +803,61 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
   peaks: dict[tuple[int, str], float] = {}
   cases = [(shape, dtype, batch) for shape in shapes for dtype in dtypes
            for batch in batch_sizes]
-  for shape, dtype, batch_size in cases:
-    mesh = f"{shape[0]}x{shape[1]}"
-    load_before = os.getloadavg()
-    log(f"mesh {mesh} {dtype}: batch {batch_size}, "
-        f"load {load_before[0]:.2f} ...")
-    case_dir = None if profile_dir is None else os.path.join(
-        profile_dir, f"{mesh}_{dtype}_{batch_size}")
+  names = {case: f"{case[0][0]}x{case[0][1]} {case[1]}: batch {case[2]}"
+           for case in cases}
+  results, loads = {}, {}
+
+  def prepare(case):
+    """The case compiled and warmed up, or None (out of memory: recorded)."""
+    shape, dtype, batch_size = case
     try:
-      result = benchmark_train_step(
-          _with_dtype(config, dtype), shape, batch_size, steps=steps,
-          warmup=warmup, profile_dir=case_dir)
+      prepared = TrainStepCase(_with_dtype(config, dtype), shape, batch_size)
+      for _ in range(warmup):
+        prepared.step(timed=False)
+      return prepared
     except jax.errors.JaxRuntimeError as e:
       if not _out_of_memory(e):
         raise
       log(f"  batch {batch_size} does not fit in device memory")
-      report["results"].append(dict(
-          mesh=mesh, dtype=dtype, batch_size=batch_size,
-          error="out of device memory"))
+      results[case] = dict(mesh=f"{shape[0]}x{shape[1]}", dtype=dtype,
+                           batch_size=batch_size,
+                           error="out of device memory")
+      return None
+
+  def case_dir(case):
+    return None if profile_dir is None else os.path.join(
+        profile_dir, names[case].replace(": batch ", "_").replace(" ", "_"))
+
+  if interleave:
+    prepared = {}
+    for case in cases:
+      log(f"mesh {names[case]}: compiling ...")
+      prepared[case] = prepare(case)
+    prepared = {case: p for case, p in prepared.items() if p is not None}
+    log(f"timing {steps} rounds of one step per case, load "
+        f"{os.getloadavg()[0]:.2f} ...")
+    for case in prepared:
+      loads[case] = os.getloadavg()
+    for _ in range(steps):
+      for p in prepared.values():
+        p.step()
+    for case, p in prepared.items():
+      results[case] = p.result(case_dir(case))
+  else:
+    for case in cases:
+      loads[case] = os.getloadavg()
+      log(f"mesh {names[case]}, load {loads[case][0]:.2f} ...")
+      p = prepare(case)
+      if p is not None:
+        for _ in range(steps):
+          p.step()
+        results[case] = p.result(case_dir(case))
+        del p  # Frees its device memory before the next case.
+
+  for case in cases:
+    result, dtype = results[case], case[1]
+    report["results"].append(result)
+    if "error" in result:
       continue
     n = result["devices"]
     if backend == "cpu":
@@ -813,13 +873,12 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
       peak_source = "vendor datasheet, dense" if one else "unknown device"
     achieved = flops["train_flops_per_image"] * result["images_per_s"]
     result.update(
-        load_average_before=load_before,
+        load_average_before=loads[case],
         load_average_after=os.getloadavg(),
         achieved_flops_per_s=achieved,
         peak_flops_per_s=peak,
         peak_source=peak_source,
         mfu=None if not peak else achieved / peak)
-    report["results"].append(result)
     log(format_row(result))
   report["best_batch"] = best_batches(report["results"])
   return report
@@ -977,6 +1036,10 @@ _PROFILE = flags.DEFINE_bool(
 _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", None, "Where --profile writes traces (default: a "
     "temporary directory).")
+_INTERLEAVE = flags.DEFINE_bool(
+    "interleave", False, "Compile every case first, then time one step of "
+    "each in turn (all cases share the machine's load: the fair comparison "
+    "on a shared host; every case must fit in memory at once).")
 _JSON = flags.DEFINE_string("json", None, "Write the report here as JSON.")
 
 
@@ -1006,7 +1069,7 @@ def main(argv: Sequence[str]) -> None:
   report = run(config, batch_sizes=batch_sizes, meshes=_MESHES.value,
                dtypes=_DTYPES.value, steps=_STEPS.value,
                warmup=_WARMUP.value, matmul_size=_MATMUL.value,
-               profile_dir=profile_dir,
+               profile_dir=profile_dir, interleave=_INTERLEAVE.value,
                log=functools.partial(print, flush=True))
   if _INPUT.value:
     report["input_pipeline"] = benchmark_input()

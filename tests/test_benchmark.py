@@ -199,3 +199,19 @@ def test_bad_batch_size_flag_is_a_usage_error():
       text=True, check=False)
   assert result.returncode != 0
   assert "--batch_size=128,x: give positive integers" in result.stderr
+
+
+def test_interleaved_cases_run_the_same_steps(report):
+  """--interleave: same cases and the same training as one after another."""
+  interleaved = benchmark.run(
+      helpers.tiny_config(), batch_sizes=(4,), meshes="1x1,1x2",
+      dtypes=("float32",), steps=2, warmup=1, matmul_size=256,
+      interleave=True, log=lambda *_: None)
+  apart = {r["mesh"]: r for r in report["results"] if r["batch_size"] == 4}
+  assert [r["mesh"] for r in interleaved["results"]] == ["1x1", "1x2"]
+  for r in interleaved["results"]:
+    assert len(r["step_s"]) == 2 and r["images_per_s"] > 0
+    assert r["final_loss"] == pytest.approx(apart[r["mesh"]]["final_loss"],
+                                            rel=1e-6)
+    assert r["collective_bytes_sent_per_device"] == apart[r["mesh"]][
+        "collective_bytes_sent_per_device"]
