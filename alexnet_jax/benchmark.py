@@ -841,8 +841,12 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
     for _ in range(steps):
       for p in prepared.values():
         p.step()
+    first = next(iter(prepared.values()), None)
     for case, p in prepared.items():
       results[case] = p.result(case_dir(case))
+      # Paired by round, so load that changes between rounds cancels.
+      results[case]["speed_vs_first_case"] = statistics.median(
+          a / b for a, b in zip(first.wall, p.wall))
   else:
     for case in cases:
       loads[case] = os.getloadavg()
@@ -945,6 +949,15 @@ def format_report(report: dict[str, Any]) -> str:
         f"({best['images_per_s']:.1f} images/s; of {best['batch_sizes']})")
   if report.get("best_batch"):
     lines.append("")
+  if any("speed_vs_first_case" in r for r in report["results"]):
+    first = report["results"][0]
+    lines += [f"interleaved: speed relative to {first['mesh']} "
+              f"{first['dtype']} batch {first['batch_size']} (median over "
+              "rounds of its step time / this case's): " + ", ".join(
+                  f"{r['mesh']} {r['dtype']} batch {r['batch_size']} "
+                  f"{r['speed_vs_first_case']:.3f}x"
+                  for r in report["results"] if "speed_vs_first_case" in r),
+              ""]
   for r in report["results"]:
     if "error" in r:
       continue

@@ -209,8 +209,12 @@ def test_interleaved_cases_run_the_same_steps(report):
       interleave=True, log=lambda *_: None)
   apart = {r["mesh"]: r for r in report["results"] if r["batch_size"] == 4}
   assert [r["mesh"] for r in interleaved["results"]] == ["1x1", "1x2"]
+  assert interleaved["results"][0]["speed_vs_first_case"] == 1.0
+  assert "speed relative to 1x1 float32" in benchmark.format_report(
+      interleaved)
   for r in interleaved["results"]:
     assert len(r["step_s"]) == 2 and r["images_per_s"] > 0
+    assert r["speed_vs_first_case"] > 0
     assert r["final_loss"] == pytest.approx(apart[r["mesh"]]["final_loss"],
                                             rel=1e-6)
     assert r["collective_bytes_sent_per_device"] == apart[r["mesh"]][
