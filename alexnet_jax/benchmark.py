@@ -834,10 +834,10 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
       log(f"mesh {names[case]}: compiling ...")
       prepared[case] = prepare(case)
     prepared = {case: p for case, p in prepared.items() if p is not None}
-    log(f"timing {steps} rounds of one step per case, load "
-        f"{os.getloadavg()[0]:.2f} ...")
-    for case in prepared:
-      loads[case] = os.getloadavg()
+    load = os.getloadavg()  # One reading: the cases are timed together.
+    loads.update(dict.fromkeys(prepared, load))
+    log(f"timing {steps} rounds of one step per case, load {load[0]:.2f} "
+        "...")
     for _ in range(steps):
       for p in prepared.values():
         p.step()

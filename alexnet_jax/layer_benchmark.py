@@ -67,15 +67,22 @@ def reduce_window_pool(x, window: int = 3, stride: int = 2):
                                "VALID")
 
 
-def _pool_windows(x, window: int, stride: int):
-  """(i, j, x[:, i::stride, j::stride] cut to the pooled size), row-major."""
-  batch, height, width, channels = x.shape
-  out_h = model_lib.pool_out_size(height, window, stride)
-  out_w = model_lib.pool_out_size(width, window, stride)
-  return [(i, j, jax.lax.slice(
+def _window_tap(x, i: int, j: int, stride: int, out_h: int, out_w: int):
+  """x[:, i::stride, j::stride] cut to out_h x out_w: what window offset
+  (i, j) reads at every output position."""
+  batch, _, _, channels = x.shape
+  return jax.lax.slice(
       x, (0, i, j, 0),
       (batch, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1,
-       channels), (1, stride, stride, 1)))
+       channels), (1, stride, stride, 1))
+
+
+def _pool_windows(x, window: int, stride: int):
+  """(i, j, `_window_tap` of offset (i, j)) for the pooled size, row-major."""
+  _, height, width, _ = x.shape
+  out_h = model_lib.pool_out_size(height, window, stride)
+  out_w = model_lib.pool_out_size(width, window, stride)
+  return [(i, j, _window_tap(x, i, j, stride, out_h, out_w))
           for i in range(window) for j in range(window)]
 
 
@@ -160,8 +167,7 @@ def banded_matmul_lrn(x, n: int = 5, k: float = 2.0, alpha: float = 1e-4,
 
 def strided_conv1(x, kernel):
   """The model's conv1: stride 4, bottom/right padding to 55x55 at 224."""
-  size = x.shape[1]
-  pad = (model_lib.conv_out_size(size, 11, 4) - 1) * 4 + 11 - size
+  pad = model_lib.conv1_padding(x.shape[1])
   return jax.lax.conv_general_dilated(x, kernel, (4, 4),
                                       ((0, pad), (0, pad)),
                                       dimension_numbers=_DN)
@@ -196,10 +202,7 @@ def im2col_weight_gradient(x, dy, kernel_shape, stride, padding):
   kh, kw, channels, features = kernel_shape
   batch, out_h, out_w, _ = dy.shape
   x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  patches = jnp.stack([jax.lax.slice(
-      x, (0, i, j, 0),
-      (batch, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1,
-       channels), (1, stride, stride, 1))
+  patches = jnp.stack([_window_tap(x, i, j, stride, out_h, out_w)
                        for i in range(kh) for j in range(kw)], axis=3)
   rows = batch * out_h * out_w
   grad = jnp.dot(patches.reshape(rows, kh * kw * channels).T,
@@ -295,8 +298,7 @@ def run(batch_size: int = 128, layers: Sequence[str] = ("pool", "lrn",
                                       space_to_depth=space_to_depth_conv1),
                         [x, kernel], repeats, argnums=1))
     if "wgrad" in layers:
-      pad = (model_lib.conv_out_size(image_size, 11, 4) - 1) * 4 + 11 - (
-          image_size)
+      pad = model_lib.conv1_padding(image_size)
       cases = dict(  # Per tower for conv2 and conv4, like the model.
           conv1=((image_size, 3), (11, 11, 3, c1), 4, ((0, pad), (0, pad))),
           conv2=((sizes["conv2"], c1 // 2), (5, 5, c1 // 2, c2 // 2), 1,

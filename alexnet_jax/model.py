@@ -114,6 +114,15 @@ def conv_out_size(size: int, kernel: int, stride: int, pad: int = 0) -> int:
   return 1 + math.ceil((size + 2 * pad - kernel) / stride)
 
 
+def conv1_padding(image_size: int) -> int:
+  """Rows (and columns) of zeros conv1 adds at the bottom (right) edge.
+
+  The authors' output-size rounding (`conv_out_size`) as explicit padding of
+  the far edges only: 3 at 224 (-> 55x55), 0 at 227.
+  """
+  return (conv_out_size(image_size, 11, 4) - 1) * 4 + 11 - image_size
+
+
 def pool_out_size(size: int, window: int, stride: int) -> int:
   return (size - window) // stride + 1
 
@@ -306,8 +315,7 @@ class AlexNet(nn.Module):
 
     # conv1 reads the whole image in both towers. Authors' output-size
     # rounding: pad only the bottom/right edge (224 -> 55, 227 -> 55).
-    size = self.image_size
-    pad = (conv_out_size(size, 11, 4) - 1) * 4 + 11 - size
+    pad = conv1_padding(self.image_size)
     x = conv("conv1", c1, 11, True, 4, ((0, pad), (0, pad)))(images)
     x = self._pool(self._lrn(nn.relu(x)))  # §3.3: LRN after ReLU.
     x = conv("conv2", c2, 5, False)(x)
