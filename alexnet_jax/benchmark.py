@@ -25,7 +25,7 @@ What it reports, per (mesh, dtype, batch size):
     device's peak (`PEAK_TFLOPS`, vendor datasheet dense numbers) or, on
     CPU, against a measured float32 matmul rate on the same devices.
   * collective bytes per device per step, parsed from the compiled HLO
-    (`collectives_from_hlo`) beside the analytic minimum of the two-tower
+    (`hlo.collectives`) beside the analytic minimum of the two-tower
     scheme (`analytic_collective_bytes`).
   * peak device memory (`device.memory_stats()`; the CPU backend reports
     none, so it is None there) and XLA's compiled memory analysis.
@@ -72,6 +72,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from alexnet_jax import hlo
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
@@ -100,14 +101,6 @@ PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     ("TPU v6 lite", dict(bfloat16=918.0, float32=918.0)),  # v6e (Trillium)
     ("TPU v6e", dict(bfloat16=918.0, float32=918.0)),
 )
-
-COLLECTIVE_OPS = ("all-gather", "reduce-scatter", "all-reduce",
-                  "collective-permute", "all-to-all")
-
-_BYTES_PER_DTYPE = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2,
-                    "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
-                    "s64": 8, "u64": 8, "f64": 8}
-
 
 # ---------------------------------------------------------------------------
 # Analytic FLOPs.
@@ -208,138 +201,6 @@ def analytic_flops(config: ml_collections.ConfigDict) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 # Collectives: parsed from the compiled HLO, and the analytic minimum.
 # ---------------------------------------------------------------------------
-
-# `%name = TYPE all-gather(` (or `-start(`) where TYPE is an array type or a
-# (possibly nested) tuple of them, e.g. `(f32[2,3]{1,0}, f32[4]{0})`.
-_COLLECTIVE_RE = re.compile(
-    r"^[ \t]*(?:ROOT )?%?(?P<name>[\w.\-]+) = (?P<type>[^\n]*?) "
-    r"(?P<op>" + "|".join(COLLECTIVE_OPS) + r")(?P<start>-start)?\(", re.M)
-_ARRAY_RE = re.compile(r"\b(?P<dtype>[a-z]+\d*)\[(?P<dims>[\d,]*)\]")
-
-
-def _first_group(line: str, num_devices: int) -> list[int]:
-  """Device ids of the first replica group of a collective's HLO line."""
-  explicit = re.search(r"replica_groups=\{\{([\d,]*)\}", line)
-  if explicit:
-    return [int(i) for i in explicit.group(1).split(",")]
-  # Iota list: [groups,size]<=[dims] or <=[dims]T(perm).
-  iota = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\]"
-                   r"(?:T\(([\d,]+)\))?", line)
-  if iota:
-    ids = np.arange(num_devices).reshape(
-        [int(d) for d in iota.group(3).split(",")])
-    if iota.group(4):
-      ids = ids.transpose([int(d) for d in iota.group(4).split(",")])
-    return ids.reshape(int(iota.group(1)), int(iota.group(2)))[0].tolist()
-  return list(range(num_devices))  # replica_groups={}: all devices.
-
-
-def _mesh_axis(group: Sequence[int], mesh_shape: tuple[int, int]) -> str:
-  """Which mesh axis a replica group spans ("model", "data" or "none").
-
-  Logical ids number the mesh's devices row-major: a row of the data x
-  model grid is a tower pair, a column one tower's data-parallel replicas.
-  """
-  if len(group) <= 1:
-    return "none"
-  grid = np.arange(math.prod(mesh_shape)).reshape(mesh_shape)
-  row, column = np.argwhere(grid == group[0])[0]
-  if sorted(group) == sorted(grid[row].tolist()):
-    return "model"
-  if sorted(group) == sorted(grid[:, column].tolist()):
-    return "data"
-  return "data+model"
-
-
-def _tuple_elements(hlo_type: str) -> list[str]:
-  """Top-level elements of a tuple type "(a, (b, c), d)"; [type] if none."""
-  if not hlo_type.startswith("("):
-    return [hlo_type]
-  elements, depth, start = [], 0, 1
-  for i, char in enumerate(hlo_type):
-    if char in "({[":
-      depth += 1
-    elif char in ")}]":
-      depth -= 1
-    if (char == "," and depth == 1) or (char == ")" and depth == 0):
-      elements.append(hlo_type[start:i].strip())
-      start = i + 1
-  return elements
-
-
-def _bytes_sent(op: str, result_bytes: int, group: int) -> float:
-  """Bytes one device sends with a bandwidth-optimal (ring) algorithm.
-
-  all-gather: (n-1)/n of the result; reduce-scatter: (n-1) x its shard (the
-  result); all-reduce: 2 (n-1)/n (reduce-scatter + all-gather; = S for n=2,
-  as in parallel.py's table); all-to-all (n-1)/n; collective-permute: the
-  result. One-device groups move nothing (XLA keeps some, see below).
-  """
-  if group <= 1:
-    return 0.0
-  n = group
-  return {
-      "all-gather": result_bytes * (n - 1) / n,
-      "reduce-scatter": result_bytes * (n - 1),
-      "all-reduce": 2 * result_bytes * (n - 1) / n,
-      "all-to-all": result_bytes * (n - 1) / n,
-      "collective-permute": result_bytes,
-  }[op]
-
-
-def collectives_from_hlo(hlo_text: str, mesh_shape: tuple[int, int]
-                         ) -> list[dict[str, Any]]:
-  """Every cross-device collective of a compiled (per-device) HLO module.
-
-  Returns dicts with op, result type(s), group size, the mesh axis the group
-  spans, result bytes, bytes sent per device (`_bytes_sent`), and phase
-  ("backward" when XLA's op_name metadata says it came from a transpose,
-  i.e. the gradient). XLA keeps some collectives over one-device groups
-  (e.g. the gradient psum over a data axis of size 1): they send 0 bytes.
-  """
-  num_devices = math.prod(mesh_shape)
-  found = []
-  for m in _COLLECTIVE_RE.finditer(hlo_text):
-    line = hlo_text[m.start():hlo_text.find("\n", m.end())]
-    result_type = m["type"]
-    if m["start"] and m["op"] in ("all-gather", "collective-permute"):
-      # Async start ops return (operands, results[, context]).
-      result_type = _tuple_elements(result_type)[1]
-    arrays = [(a["dtype"], tuple(int(d) for d in a["dims"].split(",") if d))
-              for a in _ARRAY_RE.finditer(result_type)]
-    result_bytes = sum(_BYTES_PER_DTYPE[dt] * math.prod(dims)
-                       for dt, dims in arrays)
-    group = _first_group(line, num_devices)
-    op_name = re.search(r'op_name="([^"]*)"', line)
-    op_name = op_name.group(1) if op_name else ""
-    found.append({
-        "name": m["name"],
-        "op": m["op"],
-        "types": [f"{dt}[{','.join(map(str, dims))}]" for dt, dims in arrays],
-        "group_size": len(group),
-        "axis": _mesh_axis(group, mesh_shape),
-        "result_bytes": result_bytes,
-        "sent_bytes": _bytes_sent(m["op"], result_bytes, len(group)),
-        "phase": "backward" if "transpose(" in op_name else "forward",
-    })
-  return found
-
-
-def summarize_collectives(collectives: Sequence[dict[str, Any]]
-                          ) -> dict[str, float]:
-  """Bytes sent per device per step: model axis forward / backward, data."""
-  total = collections.Counter()
-  for c in collectives:
-    if c["axis"] == "model":
-      total["model_forward" if c["phase"] == "forward" else
-            "model_backward"] += c["sent_bytes"]
-    elif c["axis"] != "none":
-      total["data"] += c["sent_bytes"]
-  result = {k: float(total[k]) for k in
-            ("model_forward", "model_backward", "data")}
-  result["total"] = sum(result.values())
-  return result
-
 
 def analytic_collective_bytes(config: ml_collections.ConfigDict,
                               mesh_shape: tuple[int, int],
@@ -557,16 +418,17 @@ class TrainStepCase:
                                       self.batch_size)
     devices = list(self.mesh.devices.flat)
     num_devices = len(devices)
-    hlo = self.compiled.as_text()
+    hlo_text = self.compiled.as_text()
     loss = float(self.metrics["loss"])
     profile = None
     if profile_dir is not None:
       profile = profile_steps(
-          self.compiled, self.state, self.batch, hlo, profile_dir,
+          self.compiled, self.state, self.batch, hlo_text, profile_dir,
+          num_devices=num_devices,
           kernels=kernel_layers(config.model, parallel.towers_per_device(
               self.mesh, config.model.num_towers)))
     step_s = statistics.median(self.wall)
-    collectives = collectives_from_hlo(hlo, mesh_shape)
+    collectives = hlo.collectives(hlo_text, mesh_shape)
     xla_step = _cost_flops(self.compiled)
     xla_forward = _cost_flops(self.forward)
     # The compiled module is the per-device program: x devices for the mesh.
@@ -588,8 +450,7 @@ class TrainStepCase:
         "xla_train_flops_per_image": per_image(xla_step),
         "xla_forward_flops_per_image": per_image(xla_forward),
         "collectives": collectives,
-        "collective_bytes_sent_per_device": summarize_collectives(
-            collectives),
+        "collective_bytes_sent_per_device": hlo.summarize(collectives),
         "analytic_collective_bytes_per_device": analytic_collective_bytes(
             config.model, mesh_shape, batch_size),
         "memory": _memory(self.compiled, devices),
@@ -625,7 +486,7 @@ def kernel_layers(config: ml_collections.ConfigDict,
           for n in sizes}
 
 
-def _op_category(line: str, body: str,
+def _op_category(line: str, body: str, num_devices: int,
                  kernels: dict[tuple[int, ...], str] | None = None) -> str:
   """A readable group for one top-level HLO op (fusion bodies included)."""
   op_name = re.search(r'op_name="([^"]*)"', line)
@@ -634,10 +495,10 @@ def _op_category(line: str, body: str,
            "fwd" if "jvp(" in op_name else "")
   opcode = re.search(r"= (?:\(.*?\)|\S+) ([\w\-]+)\(", line)
   opcode = opcode.group(1) if opcode else ""
-  if any(opcode.startswith(op) for op in COLLECTIVE_OPS):
-    return "collectives" + (
-        " (1-device groups: copies)" if re.search(
-            r"replica_groups=\{\{\d+\}", line) else "")
+  if any(opcode.startswith(op) for op in hlo.COLLECTIVE_OPS):
+    group = hlo.replica_groups(line, num_devices)[0]
+    return "collectives" + (" (1-device groups: copies)"
+                            if len(group) == 1 else "")
   layer = re.search(r"AlexNet/(conv\d|fc\d)/", op_name)
   einsum = re.search(r"AlexNet/([a-z,]+->[a-z]+)/", op_name)
   layer = layer.group(1) if layer else (
@@ -665,8 +526,8 @@ def _op_category(line: str, body: str,
   return "other elementwise (ReLU, bias, optimizer, loss)"
 
 
-def profile_steps(compiled: Any, state: Any, batch: Any, hlo: str,
-                  log_dir: str, num_steps: int = 2,
+def profile_steps(compiled: Any, state: Any, batch: Any, hlo_text: str,
+                  log_dir: str, num_devices: int, num_steps: int = 2,
                   kernels: dict[tuple[int, ...], str] | None = None
                   ) -> dict[str, Any]:
   """Traces `num_steps` steps with jax.profiler; see `summarize_trace`."""
@@ -679,15 +540,16 @@ def profile_steps(compiled: Any, state: Any, batch: Any, hlo: str,
   jax.profiler.stop_trace()
   trace = sorted(glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"),
                            recursive=True), key=os.path.getmtime)[-1]
-  summary = summarize_trace(trace, hlo, num_steps, kernels)
+  summary = summarize_trace(trace, hlo_text, num_devices, num_steps, kernels)
   summary.update(wall_s_per_step=wall, trace=trace)
   return summary
 
 
-def summarize_trace(trace: str, hlo: str, num_steps: int,
+def summarize_trace(trace: str, hlo_text: str, num_devices: int,
+                    num_steps: int,
                     kernels: dict[tuple[int, ...], str] | None = None
                     ) -> dict[str, Any]:
-  """Time per op group of a trace of `num_steps` steps of compiled `hlo`.
+  """Time per op group of a trace of `num_steps` steps of `hlo_text`.
 
   Sums the durations of the trace events named like the program's
   top-level ops, over all threads: on CPU this is the time threads spent
@@ -695,9 +557,10 @@ def summarize_trace(trace: str, hlo: str, num_steps: int,
   `busy_s_per_step` over the wall time is the average number of busy
   threads.
   """
-  entry = hlo[hlo.index("\nENTRY"):]
+  entry = hlo_text[hlo_text.index("\nENTRY"):]
   bodies = {}
-  for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.M | re.S):
+  for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text,
+                       re.M | re.S):
     bodies[m.group(1)] = m.group(2)
   ops = {}
   for line in entry.splitlines():
@@ -705,7 +568,7 @@ def summarize_trace(trace: str, hlo: str, num_steps: int,
     if m:
       called = re.search(r"calls=%?([\w.\-]+)", line)
       body = bodies.get(called.group(1), "") if called else ""
-      ops[m.group(1)] = _op_category(line, body, kernels)
+      ops[m.group(1)] = _op_category(line, body, num_devices, kernels)
   busy = collections.Counter()
   for plane in jax.profiler.ProfileData.from_file(trace).planes:
     for line in plane.lines:

@@ -135,31 +135,6 @@ def test_collective_bytes_from_hlo_equal_the_analytic_minimum(report):
                 ]
 
 
-def test_collectives_parser_on_hlo_lines():
-  """Tuple results, iota replica groups and the mesh axis of a group."""
-  hlo = "\n".join([
-      "  %ag = bf16[8,26]{1,0} all-gather(%x), channel_id=1, "
-      "replica_groups=[2,2]<=[4], dimensions={1}",
-      "  %ar = (f32[10]{0}, f32[3,2]{1,0}) all-reduce(%a, %b), "
-      "replica_groups={{0,2},{1,3}}, to_apply=%add, "
-      'metadata={op_name="jit(f)/transpose(jvp())/psum"}',
-      "  %rs = f32[4]{0} reduce-scatter-start(%y), "
-      "replica_groups=[2,2]<=[2,2]T(1,0), dimensions={0}",
-      "  %one = f32[7]{0} all-reduce(%z), replica_groups={{0},{1},{2},{3}}",
-  ])
-  got = benchmark.collectives_from_hlo(hlo, (2, 2))
-  assert [(c["op"], c["axis"], c["phase"], c["result_bytes"],
-           c["sent_bytes"]) for c in got] == [
-               ("all-gather", "model", "forward", 8 * 26 * 2, 8 * 13 * 2),
-               ("all-reduce", "data", "backward", 64, 64),
-               ("reduce-scatter", "data", "forward", 16, 16),
-               ("all-reduce", "none", "forward", 28, 0),
-           ]
-  assert benchmark.summarize_collectives(got) == {
-      "model_forward": 208.0, "model_backward": 0.0, "data": 80.0,
-      "total": 288.0}
-
-
 def test_mesh_shapes():
   assert benchmark.mesh_shapes("auto", 1, 2, 128) == [(1, 1)]
   assert benchmark.mesh_shapes("auto", 2, 2, 128) == [(1, 1), (1, 2),

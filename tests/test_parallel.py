@@ -1,31 +1,30 @@
 """The mesh, its validation, and the collectives of the compiled program."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import pytest
 
+from alexnet_jax import hlo
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from tests import helpers
 
-_COLLECTIVE = re.compile(
-    r"= (?P<type>[^{ ]+)\S* (?P<op>all-gather|reduce-scatter|all-reduce|"
-    r"collective-permute|all-to-all)(?:-start)?\(.*?replica_groups="
-    r"(?P<groups>\{[^=]*\}\})")
 
-
-def compiled_collectives(config, mesh_shape, batch):
-  """(op, result type, replica groups) of each collective in the forward."""
+def compiled_forward(config, mesh_shape, batch):
+  """The HLO text of the compiled forward pass on a data x model mesh."""
   mesh = parallel.make_mesh(*mesh_shape)
   params = model_lib.init_params(config, jax.random.key(0), mesh)
   size = config.image_size
   images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32,
                                 sharding=parallel.batch_sharding(mesh))
-  hlo = jax.jit(model_lib.make_apply(config, mesh)).lower(
+  return jax.jit(model_lib.make_apply(config, mesh)).lower(
       params, images).compile().as_text()
-  return [(m["op"], m["type"], m["groups"]) for m in _COLLECTIVE.finditer(hlo)]
+
+
+def compiled_collectives(config, mesh_shape, batch):
+  """(op, result type, device groups) of each collective in the forward."""
+  return [(c["op"], c["types"][0], c["groups"]) for c in hlo.collectives(
+      compiled_forward(config, mesh_shape, batch), mesh_shape)]
 
 
 @pytest.mark.parametrize("mesh_shape", [(1, 2), (2, 2)])
@@ -39,7 +38,7 @@ def test_forward_communicates_only_where_the_paper_does(mesh_shape):
   data = mesh_shape[0]
   B = 4 // data
   got = compiled_collectives(config, mesh_shape, batch=4)
-  groups = "{{0,1}}" if data == 1 else "{{0,1},{2,3}}"
+  groups = [[0, 1]] if data == 1 else [[0, 1], [2, 3]]
   assert got == [
       # conv3 input: both towers' pool2 maps, 5x5x(2x8).
       ("all-gather", f"f32[{B},5,5,16]", groups),
@@ -64,7 +63,15 @@ def test_paper_model_collective_sizes():
 
 
 def test_one_device_per_two_towers_has_no_collectives():
-  assert compiled_collectives(helpers.tiny_model_config(), (2, 1), 4) == []
+  """model=1: no collective at all, read without the parser too.
+
+  The 1x2 and 2x2 tests above are the parser's positive control: the same
+  reader finds the four collectives there.
+  """
+  text = compiled_forward(helpers.tiny_model_config(), (2, 1), 4)
+  assert not [op for op in hlo.COLLECTIVE_OPS if f" {op}(" in text or
+              f" {op}-start(" in text]
+  assert hlo.collectives(text, (2, 1)) == []
 
 
 def test_mesh_shapes():
