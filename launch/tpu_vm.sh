@@ -221,11 +221,12 @@ else
     "${ON_ALL[@]}"
 fi
 
-# 3. Install on every worker, into a virtual environment. JAX >= 0.7 needs
-# Python >= 3.11, newer than the python3 of the Ubuntu 22.04 TPU images, so
-# use a python3.11+ when there is one and install python3.11 otherwise.
-# jax[tpu] and the package go into one pip call so that pip picks a
-# jax[tpu] (and its matching libtpu) inside the package's jax range.
+# 3. Install on every worker, into a fresh virtual environment. The package
+# needs Python >= 3.11 (jax 0.10; jax >= 0.11 needs 3.12), newer than the
+# python3 of the Ubuntu 22.04 TPU images, so use the newest python3.11+
+# there is and install python3.11 otherwise. jax[tpu] and the package go
+# into one pip call so that pip picks a jax[tpu] (and its matching libtpu)
+# inside the package's jax range, as the Colab notebook does.
 # The script is written over several lines for reading and sent as one
 # (each statement ends with ";"); "\$" expands on the worker, not here.
 install="$(tr -s '\n ' ' ' <<EOF

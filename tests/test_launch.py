@@ -9,6 +9,7 @@ the tiny `configs/demo.py:smoke` config.
 
 from __future__ import annotations
 
+import ast
 import os
 import shlex
 import shutil
@@ -253,3 +254,50 @@ def test_notebook_runs_demo(tmp_path):
   # conv1.png, written by the training program, is shown.
   assert (workdir / "conv1.png").is_file()
   assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def _notebook_function(name: str):
+  """A function defined in the notebook's code cells, run from the repo."""
+  import nbformat  # pylint: disable=g-import-not-at-top
+
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+  (node,) = [n for n in ast.parse(code).body
+             if isinstance(n, ast.FunctionDef) and n.name == name]
+  namespace = {}
+  exec("import configparser, importlib.metadata\n"  # pylint: disable=exec-used
+       "from packaging import requirements\n" + ast.unparse(node), namespace)
+  return namespace[name]
+
+
+@pytest.mark.parametrize("have,runtime,expected", [
+    # Colab's JAX in the supported range is kept, with its own plugin.
+    ("0.12.0.1", "gpu", "jax[cuda12]==0.12.0.1"),
+    ("0.10.2", "tpu", "jax[tpu]==0.10.2"),
+    ("0.11.1", "cpu", "jax==0.11.1"),
+    # No JAX yet: the package's own requirement decides (None: nothing to add
+    # on CPU); outside the range: a supported one.
+    (None, "cpu", None),
+    (None, "tpu", "jax[tpu]{spec}"),
+    ("0.4.30", "gpu", "jax[cuda12]{spec}"),
+])
+def test_notebook_keeps_the_runtimes_jax(monkeypatch, have, runtime,
+                                         expected):
+  import configparser  # pylint: disable=g-import-not-at-top
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  from packaging import requirements  # pylint: disable=g-import-not-at-top
+
+  def version(name):
+    if have is None:
+      raise importlib.metadata.PackageNotFoundError(name)
+    return have
+
+  monkeypatch.setattr(importlib.metadata, "version", version)
+  monkeypatch.chdir(helpers.REPO_ROOT)
+  setup = configparser.ConfigParser()
+  setup.read("setup.cfg")
+  (spec,) = [str(requirements.Requirement(r).specifier) for r in
+             setup["options"]["install_requires"].split("\n")
+             if r.strip().startswith("jax")]
+  got = _notebook_function("jax_requirement")(runtime)
+  assert got == (expected and expected.format(spec=spec))
