@@ -9,8 +9,9 @@ command line is `python -m alexnet_jax.evaluate` (evaluate.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+import functools
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -36,6 +37,26 @@ def check_ensemble(configs: Sequence[ml_collections.ConfigDict]) -> None:
           f"{(c.model.image_size, c.model.num_classes)}.")
 
 
+@functools.lru_cache(maxsize=32)
+def _predict(model_config: ml_collections.FrozenConfigDict, mesh: Mesh
+             ) -> Callable[[Any, jax.Array], jax.Array]:
+  """One jitted predict per (model config, mesh), kept for the process.
+
+  The training program evaluates every epoch: with the same function each
+  time, XLA compiles it once per input shape instead of once per call.
+  """
+  return steps.make_predict(ml_collections.ConfigDict(model_config), mesh)
+
+
+@jax.jit
+def _ensemble_error_sums(log_probs: Sequence[jax.Array], labels: jax.Array,
+                         mask: jax.Array) -> dict[str, jax.Array]:
+  """Error sums of the members' softmax average, taken in log space."""
+  mean = (jax.nn.logsumexp(jnp.stack(log_probs), axis=0) -
+          jnp.log(len(log_probs)))
+  return steps.error_sums(mean, labels, mask)
+
+
 def evaluate(members: Sequence[tuple[ml_collections.ConfigDict, Any]],
              mesh: Mesh, batches: Any) -> dict[str, float]:
   """Top-1/top-5 error and loss over `batches`, averaging members' softmax.
@@ -48,17 +69,18 @@ def evaluate(members: Sequence[tuple[ml_collections.ConfigDict, Any]],
 
   Returns:
     {"top1_error", "top5_error", "loss", "count", "seconds"}; errors are
-    fractions of the real (unmasked) examples.
+    fractions of the real (unmasked) examples, ties counted as errors
+    (`steps.topk_errors`).
   """
   check_ensemble([c for c, _ in members])
-  predicts = [steps.make_predict(c, mesh) for c, _ in members]
-  error_sums = jax.jit(steps.error_sums)
+  predicts = [_predict(ml_collections.FrozenConfigDict(c.model), mesh)
+              for c, _ in members]
   totals = None
   start = time.time()
   for batch in batches:
-    probs = sum(p(params, batch["image"])
-                for p, (_, params) in zip(predicts, members))
-    sums = error_sums(probs / len(members), batch["label"], batch["mask"])
+    log_probs = [p(params, batch["image"])
+                 for p, (_, params) in zip(predicts, members)]
+    sums = _ensemble_error_sums(log_probs, batch["label"], batch["mask"])
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
     raise ValueError("evaluation saw no batches.")

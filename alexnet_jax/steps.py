@@ -1,6 +1,6 @@
 """Train and eval steps: softmax cross-entropy, top-1 and top-5 error.
 
-`make_train_step` / `make_eval_step` return jitted functions over global
+`make_train_step` / `make_predict` return jitted functions over global
 arrays: the batch is sharded over the mesh's `data` axis, the parameters and
 optimizer state over `model` (parallel.py). The model itself runs inside
 `shard_map`; the loss and metrics are ordinary jit code on the global batch.
@@ -100,13 +100,15 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
 def topk_errors(scores: Array, labels: Array) -> tuple[Array, Array]:
   """Per-example top-1 and top-5 errors (1.0 = wrong) of scores [B, K].
 
-  With fewer than 5 classes, top-5 is top-K (always right).
+  The true class's rank is the number of *other* classes scored at least as
+  high, so a tie counts against the prediction: a constant output is a top-1
+  error, and a true class tied with hundreds of others is not a top-5 hit.
+  Non-finite scores count as wrong. With fewer than 5 classes, top-5 is
+  top-K (always right).
   """
   k = min(5, scores.shape[-1])
-  # Rank of the true class = number of classes scored strictly higher.
   true_score = jnp.take_along_axis(scores, labels[:, None], axis=-1)
-  rank = jnp.sum(scores > true_score, axis=-1)
-  # Non-finite scores count as wrong (NaN compares false with everything).
+  rank = jnp.sum(scores >= true_score, axis=-1) - 1
   invalid = ~jnp.all(jnp.isfinite(scores), axis=-1)
   return ((rank >= 1) | invalid).astype(jnp.float32), (
       (rank >= k) | invalid).astype(jnp.float32)
@@ -148,48 +150,32 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
                  out_shardings=(shardings, None), donate_argnums=0)
 
 
-def make_predict(config: ml_collections.ConfigDict, mesh: Mesh
+def make_predict(model_config: ml_collections.ConfigDict, mesh: Mesh
                  ) -> Callable[[Any, Array], Array]:
-  """A jitted `predict(params, images) -> probabilities [B, K]`.
+  """A jitted `predict(params, images) -> log-probabilities [B, K]`.
 
   images [B, S, S, 3], or [B, C, S, S, 3] for C crops per example: the
   softmax is averaged over the crops (the paper's 10-patch test, §4.1).
+  The result is the log of that average, computed in log space
+  (logsumexp), so no class's probability underflows to a tie at 0.
   """
-  apply = model_lib.make_apply(config.model, mesh)
+  apply = model_lib.make_apply(model_config, mesh)
 
   def predict(params, images):
-    if images.ndim == 5:
-      batch, crops = images.shape[:2]
-      flat = images.reshape(batch * crops, *images.shape[2:])
-      probs = jax.nn.softmax(apply(params, flat).astype(jnp.float32))
-      return probs.reshape(batch, crops, -1).mean(axis=1)
-    return jax.nn.softmax(apply(params, images).astype(jnp.float32))
+    crops = images.shape[1] if images.ndim == 5 else 1
+    flat = images.reshape(-1, *images.shape[-3:])
+    log_probs = jax.nn.log_softmax(apply(params, flat).astype(jnp.float32))
+    log_probs = log_probs.reshape(images.shape[0], crops, -1)
+    return jax.nn.logsumexp(log_probs, axis=1) - jnp.log(crops)
 
   return jax.jit(predict)
 
 
-def error_sums(probs: Array, labels: Array, mask: Array) -> dict[str, Array]:
+def error_sums(log_probs: Array, labels: Array, mask: Array
+               ) -> dict[str, Array]:
   """Sums over the real examples (mask 1) of loss, top-1/top-5 errors."""
   mask = mask.astype(jnp.float32)
-  top1, top5 = topk_errors(probs, labels)
-  true_prob = jnp.take_along_axis(probs, labels[:, None], -1)[:, 0]
-  nll = -jnp.log(jnp.maximum(true_prob, 1e-30))
+  top1, top5 = topk_errors(log_probs, labels)
+  nll = -jnp.take_along_axis(log_probs, labels[:, None], -1)[:, 0]
   return dict(loss=jnp.sum(nll * mask), top1_error=jnp.sum(top1 * mask),
               top5_error=jnp.sum(top5 * mask), count=jnp.sum(mask))
-
-
-def make_eval_step(config: ml_collections.ConfigDict, mesh: Mesh
-                   ) -> Callable[[Any, Batch], dict[str, Array]]:
-  """A jitted `eval_step(params, batch) -> sums` over the real examples.
-
-  `batch` has `image`, `label` and `mask` (1 real, 0 padding). Returns sums
-  of `loss`, `top1_error`, `top5_error` and `count`; divide by `count` after
-  summing over batches so that every example counts exactly once.
-  """
-  predict = make_predict(config, mesh)
-
-  def eval_step(params, batch):
-    probs = predict(params, batch["image"])
-    return error_sums(probs, batch["label"], batch["mask"])
-
-  return jax.jit(eval_step)

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from alexnet_jax import steps
 from tests import helpers
@@ -70,25 +69,3 @@ def test_topk_errors():
   top1, top5 = steps.topk_errors(scores.at[0, 2].set(jnp.nan),
                                  jnp.array([6, 0, 3]))
   np.testing.assert_array_equal(top1, [1.0, 1.0, 1.0])  # NaN is wrong.
-
-
-def test_eval_step_masks_padding_and_averages_ten_crops():
-  config = helpers.tiny_config()
-  mesh = parallel.make_mesh(2, 2)
-  params = model_lib.init_params(config.model, jax.random.key(0), mesh)
-  params = jax.tree.map(lambda p: p * 5, params)
-  crops = jax.random.normal(jax.random.key(3), (4, 10, 99, 99, 3)) * 50
-  labels = jnp.array([1, 2, 3, 4])
-  mask = jnp.array([1, 1, 1, 0])
-  batch = parallel.shard_batch(
-      {"image": crops, "label": labels, "mask": mask}, mesh)
-  sums = jax.device_get(steps.make_eval_step(config, mesh)(params, batch))
-  assert sums["count"] == 3
-  # By hand: softmax of each crop, averaged over the 10, first 3 examples.
-  apply = jax.jit(model_lib.make_apply(config.model, mesh))
-  probs = np.stack([jax.nn.softmax(apply(params, crops[:, c]))
-                    for c in range(10)]).mean(0)
-  errors = (probs.argmax(-1) != labels)[:3].sum()
-  assert sums["top1_error"] == errors
-  want_loss = -np.log(probs[np.arange(3), labels[:3]]).sum()
-  np.testing.assert_allclose(sums["loss"], want_loss, rtol=1e-4)
