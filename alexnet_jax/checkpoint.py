@@ -53,6 +53,8 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from alexnet_jax import cli
+
 PyTree = Any
 
 # Checkpoints live in this subdirectory of the workdir, next to (not mixed
@@ -67,8 +69,12 @@ _EXTRA = "extra"
 _MAX_LISTED = 8
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(cli.UserError, ValueError):
   """The workdir holds a checkpoint of a different model than the config."""
+
+
+class CheckpointUnreadableError(cli.UserError, OSError):
+  """A complete checkpoint whose files cannot be read (damaged since)."""
 
 
 # ---------------------------------------------------------------------------
@@ -304,6 +310,7 @@ class Checkpointer:
 
     Raises:
       CheckpointMismatchError: the checkpoint is of a different model.
+      CheckpointUnreadableError: its files cannot be read.
     """
     if step is None:
       step = self._manager.latest_step()
@@ -311,18 +318,39 @@ class Checkpointer:
         return state_template, None
     target = _abstract_target(state_template, shardings)
     where = f"{self._directory} (step {step})"
-    stored = self._manager.metadata(step).item_metadata
-    stored = stored[_STATE] if stored is not None else None
-    if stored is not None:
-      _check_compatible(getattr(stored, "tree", stored), target, where)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{
-        _STATE: ocp.args.StandardRestore(target),
-        _EXTRA: ocp.args.JsonRestore(),
-    }))
+    try:
+      stored = self._manager.metadata(step).item_metadata
+      stored = stored[_STATE] if stored is not None else None
+      if stored is not None:
+        _check_compatible(getattr(stored, "tree", stored), target, where)
+      restored = self._manager.restore(step, args=ocp.args.Composite(**{
+          _STATE: ocp.args.StandardRestore(target),
+          _EXTRA: ocp.args.JsonRestore(),
+      }))
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      # orbax and tensorstore report damaged files with many exception
+      # types; none of them means "start over", so none is swallowed.
+      raise self._unreadable(step, e) from e
     logging.info("Restored checkpoint of step %d from %s.", step,
                  self._directory)
     state = _data_to_keys(restored[_STATE], state_template)
     return state, dict(restored[_EXTRA])
+
+  def _unreadable(self, step: int, error: Exception
+                  ) -> CheckpointUnreadableError:
+    path = os.path.join(self._directory, str(step))
+    earlier = [s for s in self.all_steps() if s < step]
+    todo = (f"To resume from step {earlier[-1]} (the previous checkpoint), "
+            f"move {path} out of {self._directory} and rerun"
+            if earlier else
+            "There is no earlier checkpoint: move it away, or use a new "
+            "workdir, to start over")
+    return CheckpointUnreadableError(
+        f"the checkpoint of step {step} at {path} cannot be read (its files "
+        f"were damaged after it was written: {type(error).__name__}: "
+        f"{str(error)[:300]}). Nothing was changed. {todo}.")
 
   def wait(self) -> None:
     """Blocks until every started save is committed to disk."""

@@ -14,16 +14,18 @@ CNNs (§6). Top-1/top-5 errors are printed and, with --output, written as
 JSON.
 """
 
-import json
-import sys
 from collections.abc import Sequence
+import json
+import os
+import zipfile
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from alexnet_jax import cli
+from alexnet_jax import config_validation
 from alexnet_jax import evaluation
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
@@ -53,16 +55,27 @@ def main(argv: Sequence[str]) -> None:
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
 
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise cli.UserError(f"unexpected arguments: {argv[1:]}")
   if not _WORKDIRS.value and not _NPZ.value:
-    raise app.UsageError("give --workdir (one or more) and/or --npz.")
+    raise cli.UserError("give --workdir (one or more) and/or --npz.")
   for c in _CROPS.value:
     if c not in evaluation.CROPS:
-      raise app.UsageError(f"--crops: {c!r} is not one of {evaluation.CROPS}.")
-  if _NPZ.value and _CONFIG.value is None:
-    raise app.UsageError("--npz needs --config (the model it fits).")
-  configs = [_CONFIG.value] if _NPZ.value else []
-  configs += [train.load_workdir_config(w) for w in _WORKDIRS.value or ()]
+      raise cli.UserError(
+          f"--crops: {c!r} is not one of {evaluation.CROPS}.")
+  if _NPZ.value and cli.config_value(_CONFIG) is None:
+    raise cli.UserError("--npz needs --config (the model it fits).")
+  if _NPZ.value and not os.path.isfile(_NPZ.value):
+    raise cli.UserError(f"--npz={_NPZ.value}: no such file.")
+  configs = [cli.config_value(_CONFIG)] if _NPZ.value else []
+  for workdir in _WORKDIRS.value or ():
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+      raise cli.UserError(
+          f"--workdir={workdir} is not a training workdir (it has no "
+          "config.json, which `python -m alexnet_jax.main` writes when a "
+          "run starts). Give the --workdir of a training run.")
+    configs.append(train.load_workdir_config(workdir))
+  for config in configs:
+    config_validation.validate_model(config)
   evaluation.check_ensemble(configs)
   train.setup_devices(configs[0])
   mesh = parallel.make_mesh(_MESH_DATA.value, _MESH_MODEL.value,
@@ -70,7 +83,14 @@ def main(argv: Sequence[str]) -> None:
   members = []
   if _NPZ.value:
     shapes = model_lib.param_shapes(configs[0].model)
-    host = weights.import_npz(_NPZ.value, shapes, _CHANNELS.value)
+    try:
+      host = weights.import_npz(_NPZ.value, shapes, _CHANNELS.value)
+    except weights.WeightsError as e:
+      raise cli.UserError(f"--npz={_NPZ.value}: {e}") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+      raise cli.UserError(
+          f"--npz={_NPZ.value} is not a readable .npz file ({e}). Give "
+          "weights written by alexnet_jax.weights.export_npz.") from None
     shardings = parallel.named_shardings(mesh, parallel.param_specs(shapes))
     members.append((configs[0], jax.device_put(host, shardings)))
   for workdir in _WORKDIRS.value or ():
@@ -81,10 +101,11 @@ def main(argv: Sequence[str]) -> None:
   try:
     data = train.Data(configs[0], mesh)
     results = {_SPLIT.value: {
-        c: evaluation.evaluate(members, mesh, data.eval_batches(_SPLIT.value, c))
+        c: evaluation.evaluate(members, mesh,
+                               data.eval_batches(_SPLIT.value, c))
         for c in _CROPS.value}}
   except train.USER_ERRORS as e:
-    sys.exit(f"error: {e}")
+    raise cli.UserError(str(e)) from None
   print(evaluation.format_table(results))
   if _OUTPUT.value and jax.process_index() == 0:
     with open(_OUTPUT.value, "w") as f:
@@ -94,4 +115,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 import ml_collections
 
 from alexnet_jax import checkpoint
+from alexnet_jax import cli
 from alexnet_jax import steps
 
 CROPS = ("center", "ten")
@@ -31,7 +32,7 @@ def check_ensemble(configs: Sequence[ml_collections.ConfigDict]) -> None:
   for c in configs[1:]:
     if (c.model.image_size, c.model.num_classes) != (
         first.image_size, first.num_classes):
-      raise ValueError(
+      raise cli.UserError(
           "ensemble members differ in model.image_size or "
           f"model.num_classes: {(first.image_size, first.num_classes)} vs "
           f"{(c.model.image_size, c.model.num_classes)}.")

@@ -4,7 +4,8 @@ r"""Trains AlexNet: `python -m alexnet_jax.main --config=configs/demo.py`.
       [--workdir=DIR] [--config.batch_size=256] [--config.mesh.model=1]
 
 Rerunning the same command resumes from the latest checkpoint in the
-workdir. Multi-host: run the same command in every process with
+workdir. The config is checked before any data or device work
+(config_validation.py); a mistake is one `error: ...` line, exit status 2. Multi-host: run the same command in every process with
 `--multihost` (TPU VMs and clusters JAX detects) or with
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
@@ -13,11 +14,13 @@ import logging as logging_std
 import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
+
+from alexnet_jax import cli
+from alexnet_jax import config_validation
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/demo.py[:ARGS].",
@@ -56,11 +59,24 @@ class _QuietLibraries(logging_std.Filter):
                    for name in ("orbax", "tensorflow_datasets"))
 
 
+def check_workdir(workdir: str) -> None:
+  """The workdir must be a directory this process can write."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise cli.UserError(f"--workdir={workdir} cannot be created: "
+                        f"{e.strerror}. Choose another --workdir.") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise cli.UserError(f"--workdir={workdir} is not writable by this user. "
+                        "Choose another --workdir or fix its permissions.")
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise cli.UserError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  config = _CONFIG.value
+  config = cli.config_value(_CONFIG)
+  config_validation.validate(config)
   # Fake CPU devices must exist before JAX initializes a backend.
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   train.setup_devices(config)
@@ -77,6 +93,8 @@ def main(argv):
         flags.FLAGS["config"]))
     logging.info("--workdir not given: using %s", workdir)
     print(f"workdir: {workdir}", flush=True)
+  config_validation.validate_mesh(config, jax.devices())
+  check_workdir(workdir)
   logging.info("process %d of %d; devices: %s", jax.process_index(),
                jax.process_count(), jax.devices())
   try:
@@ -84,7 +102,7 @@ def main(argv):
   except train.USER_ERRORS as e:
     # Errors with a message that says what to do: no traceback.
     logging.error("%s: %s", type(e).__name__, e)
-    sys.exit(f"error: {e}")
+    cli.fail(str(e))
   if jax.process_index() == 0 and results.get("summary"):
     print(results["summary"], flush=True)
   # Everything is written (checkpoints waited for, summaries closed). Skip
@@ -99,4 +117,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

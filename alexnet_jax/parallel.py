@@ -47,6 +47,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from alexnet_jax import cli
+
 # Mesh axis names. Every PartitionSpec and collective in the project uses
 # these constants.
 DATA = "data"
@@ -58,7 +60,7 @@ MODEL = "model"
 REPLICATED_PARAMS = frozenset({("fc8", "bias")})
 
 
-class MeshError(ValueError):
+class MeshError(cli.UserError, ValueError):
   """An impossible mesh shape or batch size, with what to change."""
 
 

@@ -167,6 +167,53 @@ def test_checkpoint_of_another_model_is_refused_clearly(tmp_path):
           "(2, 3, 3, 12, 10)") in message
 
 
+def _files(root):
+  """Path -> bytes of every file below `root`."""
+  out = {}
+  for folder, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        out[path] = f.read()
+  return out
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_damaged_checkpoint_is_reported_not_skipped(tmp_path, damage):
+  """A complete checkpoint damaged afterwards: an error naming the step, its
+  path and the previous step; no fresh start and no file touched."""
+  state, shardings = _state()
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, {"data": {"step": 1}}, force=True)
+    ckpt.save(2, state.replace(step=state.step + 1), {"data": {"step": 2}},
+              force=True)
+  step_dir = os.path.join(tmp_path, checkpoint.CHECKPOINT_SUBDIR, "2")
+  # Damage the array data (not the metadata): the largest files of step 2.
+  files = sorted((os.path.getsize(os.path.join(d, n)), os.path.join(d, n))
+                 for d, _, names in os.walk(step_dir) for n in names)
+  for _, path in files[-3:]:
+    if damage == "truncate":
+      with open(path, "r+b") as f:
+        f.truncate(7)
+    else:
+      os.remove(path)
+  before = _files(tmp_path)
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    assert ckpt.latest_step() == 2
+    with pytest.raises(checkpoint.CheckpointUnreadableError) as error:
+      ckpt.restore_or(jax.eval_shape(lambda: state), shardings)
+  message = str(error.value)
+  assert "step 2" in message and step_dir in message
+  assert "resume from step 1" in message
+  assert _files(tmp_path) == before
+  # The previous step is intact and restores.
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    restored, extra = ckpt.restore_or(jax.eval_shape(lambda: state),
+                                      shardings, step=1)
+  assert extra == {"data": {"step": 1}}
+  _assert_same(restored, state)
+
+
 # Saves step 1, then dies by SIGKILL in the middle of saving step 2: at the
 # rename that commits it, i.e. with every file of step 2 written.
 _CRASH_DURING_SAVE = textwrap.dedent("""

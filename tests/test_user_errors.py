@@ -1,0 +1,177 @@
+"""Every mistake a user can make: one clean message, exit 2, nothing lost.
+
+Each case runs a real command line (`python -m alexnet_jax.main` or
+`.evaluate`) in a subprocess with its output in files, and checks the exit
+status, that the message names the offending thing, that no traceback is
+printed and that nothing already in the workdir was changed. Config and flag
+mistakes stop before TensorFlow is imported, so these runs are short.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import weights
+from configs import demo
+from tests import helpers
+
+SMOKE = "--config=configs/demo.py:smoke"
+
+
+def tree_digest(root: str) -> dict[str, str]:
+  """Path -> sha256 of every file below `root`."""
+  digest = {}
+  for folder, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        digest[os.path.relpath(path, root)] = hashlib.sha256(
+            f.read()).hexdigest()
+  return digest
+
+
+def run_cli(module: str, args: list[str], tmp_path) -> tuple[int, str]:
+  """Runs `python -m module args`; returns (exit status, stderr)."""
+  out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  env.pop("XLA_FLAGS", None)
+  with open(out, "w") as stdout, open(err, "w") as stderr:
+    proc = subprocess.run([sys.executable, "-m", module, *args],
+                          cwd=helpers.REPO_ROOT, env=env, stdout=stdout,
+                          stderr=stderr, timeout=600, check=False)
+  return proc.returncode, err.read_text()
+
+
+@pytest.fixture
+def workdir(tmp_path):
+  """A workdir holding files of an earlier run that must survive."""
+  path = tmp_path / "workdir"
+  (path / "checkpoints" / "4").mkdir(parents=True)
+  (path / "checkpoints" / "4" / "state.bin").write_bytes(b"\x00" * 64)
+  (path / "results.json").write_text('{"step": 4}')
+  (path / "config.json").write_text(demo.get_config("smoke").to_json())
+  return path
+
+
+def npz_file(tmp_path, kind: str) -> str:
+  """Weights for the smoke model, damaged in one way."""
+  path = str(tmp_path / f"{kind}.npz")
+  if kind == "not_npz":
+    with open(path, "w") as f:
+      f.write("not a zip archive")
+    return path
+  config = demo.get_config("smoke").model
+  shapes = model_lib.param_shapes(config)
+  arrays = weights.to_caffe_layout(
+      jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+  if kind == "wrong_keys":
+    arrays["fc9.weight"] = arrays.pop("fc8.weight")
+  elif kind == "wrong_shape":
+    arrays["conv2.weight"] = arrays["conv2.weight"][:, :-1]
+  np.savez(path, **arrays)
+  return path
+
+
+# (name, module, arguments, what the message must contain). WORKDIR and NPZ
+# are filled in per case.
+CASES = [
+    ("override typo", "main", [SMOKE, "--config.batch_szie=3"],
+     ["--config.batch_szie=3", "batch_size"]),
+    ("override of the wrong type", "main", [SMOKE, "--config.batch_size=abc"],
+     ["--config.batch_size=abc"]),
+    ("unknown config argument", "main",
+     ["--config=configs/demo.py:smoke,no_such_switch"],
+     ["no_such_switch", "known"]),
+    ("missing config file", "main", ["--config=configs/nothing.py"],
+     ["configs/nothing.py"]),
+    ("no --config", "main", [], ["--config"]),
+    ("unknown flag", "main", [SMOKE, "--wrokdir=x"], ["wrokdir"]),
+    ("positional argument", "main", [SMOKE, "extra"], ["extra"]),
+    ("evaluation every 0 epochs", "main",
+     [SMOKE, "--config.eval_every_epochs=0"], ["eval_every_epochs=0"]),
+    ("negative batch", "main", [SMOKE, "--config.batch_size=-4"],
+     ["batch_size=-4"]),
+    ("unknown schedule", "main", [SMOKE, "--config.optim.schedule=cosine"],
+     ["optim.schedule='cosine'", "plateau"]),
+    ("boundaries not increasing", "main",
+     [SMOKE, "--config.optim.schedule=steps",
+      "--config.optim.boundary_epochs=(2,1)"], ["optim.boundary_epochs"]),
+    ("repeated boundaries", "main",
+     [SMOKE, "--config.optim.schedule=steps",
+      "--config.optim.boundary_epochs=(1,1)"], ["distinct"]),
+    ("plateau without a validation split", "main",
+     [SMOKE, "--config.optim.schedule=plateau", "--config.eval_split="],
+     ["eval_split", "optim.schedule=steps"]),
+    ("unknown crops", "main", [SMOKE, "--config.final_eval_crops=('five',)"],
+     ["final_eval_crops", "center"]),
+    ("dropout rate 1", "main", [SMOKE, "--config.model.dropout_rate=1.0"],
+     ["model.dropout_rate=1.0"]),
+    ("unknown dtype", "main", [SMOKE, "--config.model.dtype=float16"],
+     ["model.dtype", "bfloat16"]),
+    ("impossible model axis", "main", [SMOKE, "--config.mesh.model=3"],
+     ["mesh.model=3", "[1, 2]"]),
+    ("two towers on one CPU device", "main",
+     [SMOKE, "--config.cpu_devices=1", "--config.mesh.data=-1"],
+     ["mesh.data=-1", "--config.cpu_devices=2", "--config.mesh.model=1"]),
+    ("batch not divisible by the data axis", "main",
+     [SMOKE, "--config.cpu_devices=4", "--config.mesh.data=2",
+      "--config.batch_size=15"], ["batch size 15", "mesh.data=2"]),
+    ("workdir under a file", "main", [SMOKE, "--workdir=FILE/sub"],
+     ["--workdir=", "cannot be created"]),
+    ("missing release files", "main",
+     ["--config=configs/ilsvrc2010.py", "--config.cpu_devices=2",
+      "--config.data_dir=EMPTY/tfds", "--config.manual_dir=EMPTY"],
+     ["ILSVRC2010_images_train.tar", "EMPTY"]),
+    ("evaluate: not a workdir", "evaluate", ["--workdir=EMPTY"],
+     ["not a training workdir", "config.json"]),
+    ("evaluate: nothing to evaluate", "evaluate", [], ["--workdir", "--npz"]),
+    ("evaluate: unknown crops", "evaluate", ["--workdir=WORKDIR",
+                                             "--crops=five"], ["five"]),
+    ("evaluate: missing npz", "evaluate", [SMOKE, "--npz=NOFILE"],
+     ["no such file"]),
+    ("evaluate: npz with wrong keys", "evaluate", [SMOKE, "--npz=wrong_keys"],
+     ["fc9.weight"]),
+    ("evaluate: npz with a wrong shape", "evaluate",
+     [SMOKE, "--npz=wrong_shape"], ["conv2"]),
+    ("evaluate: not an npz", "evaluate", [SMOKE, "--npz=not_npz"],
+     ["not a readable .npz"]),
+]
+
+
+@pytest.mark.parametrize("name,module,args,needles", CASES,
+                         ids=[c[0] for c in CASES])
+def test_user_error(tmp_path, workdir, name, module, args, needles):
+  del name
+  before = tree_digest(str(workdir))
+  (tmp_path / "a_file").write_text("")
+  (tmp_path / "empty").mkdir()
+  fill = {"WORKDIR": str(workdir), "FILE": str(tmp_path / "a_file"),
+          "EMPTY": str(tmp_path / "empty"),
+          "NOFILE": str(tmp_path / "none.npz")}
+  args = list(args)
+  for i, arg in enumerate(args):
+    if arg.startswith("--npz=") and arg[6:] in ("wrong_keys", "wrong_shape",
+                                                "not_npz"):
+      args[i] = "--npz=" + npz_file(tmp_path, arg[6:])
+    for key, value in fill.items():
+      args[i] = args[i].replace(f"={key}", f"={value}")
+  if module == "main" and not any(a.startswith("--workdir") for a in args):
+    args.append(f"--workdir={workdir}")
+  status, stderr = run_cli(f"alexnet_jax.{module}", args, tmp_path)
+  assert status == 2, stderr
+  assert "Traceback" not in stderr, stderr
+  # The message: from the last line that starts with "error: " to the end
+  # (a list of missing files spans several lines).
+  assert "\nerror: " in "\n" + stderr, stderr
+  message = stderr[stderr.rfind("error: "):]
+  for needle in needles:
+    assert fill.get(needle, needle) in message, (needle, stderr)
+  assert tree_digest(str(workdir)) == before
