@@ -18,8 +18,32 @@ Manual directory (PAPER.md §3 lists the files):
   patch_images.tar                replacements for blank images, under
                                   train/, val/, test/
 
-Labels are `ILSVRC2010_ID - 1`, i.e. the order of the class entries of
-meta.mat (which is NOT sorted WNID order, unlike TFDS's imagenet2012).
+Labels are `ILSVRC2010_ID - 1`, i.e. the order of the class IDs of meta.mat
+(which is NOT sorted WNID order, unlike TFDS's imagenet2012).
+
+Every layout of these files that a reader of the real release accepts is
+accepted (the public converter in mila-iqia/fuel is the reference):
+
+  * member paths: images, per-class tars and devkit files are found by
+    their base names, whatever directory prefix (or "./") they carry; a
+    patch belongs to the split named by the nearest directory above it
+    (".../train/x.JPEG", ".../val/x.JPEG", ".../test/x.JPEG"), and a
+    patch archive's non-image members are ignored;
+  * image names: a patch replaces the image of the same name, the case of
+    the extension aside (x.JPEG and x.jpeg are one image);
+  * meta.mat: `synsets` as a MATLAB struct array of any shape (1xN, Nx1),
+    or a cell array of structs, with numbers of any MATLAB class and
+    empty `children` ([] or 1x0) for the leaves; the classes are the
+    leaves, with IDs 1..N in any file order, and inner nodes of the
+    hierarchy (IDs > N) may come anywhere.
+
+Bad input ends the build with one `Ilsvrc2010Error` that names the file
+(and member) and says what to do: missing files (with a diagnosis of what
+the directory holds instead, e.g. an ILSVRC-2012 release), truncated or
+corrupt archives (`ArchiveError`; a tar cut at a member boundary, which
+`tarfile` takes for its end, is caught by checking the end-of-archive
+marker), an unreadable meta.mat or ground truth (`ReleaseFormatError`) and
+undecodable images (`CorruptImageError`, unless they are skipped).
 
 The archives are streamed (the train tar is ~130 GB): nothing is extracted
 to disk and no archive is read into memory whole. Only the small files (the
@@ -33,10 +57,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import gzip
 import io
 import os
+import re
 import tarfile
 import zlib
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -67,7 +93,8 @@ from alexnet_jax.data.release import VAL_GROUND_TRUTH_MEMBER
 from alexnet_jax.data.release import VAL_TAR
 # pylint: enable=unused-import
 
-# Split name -> (image archive, top-level directory in patch_images.tar).
+# Split name -> (image archive, directory of its patches in
+# patch_images.tar).
 SPLIT_ARCHIVES = {
     "train": (TRAIN_TAR, "train"),
     "validation": (VAL_TAR, "val"),
@@ -107,17 +134,22 @@ class MissingManualFilesError(Ilsvrc2010Error, FileNotFoundError):
       *,
       dataset: str = "ILSVRC-2010",
       download_help: str = DOWNLOAD_HELP,
+      hint: str | None = None,
   ):
     self.manual_dir = os.fspath(manual_dir)
     self.missing = tuple(missing)
+    self.hint = hint
     where = self.manual_dir
-    if not os.path.isdir(self.manual_dir):
+    if not os.path.exists(self.manual_dir):
       where += " (this directory does not exist)"
+    elif not os.path.isdir(self.manual_dir):
+      where += " (this is a file, not a directory)"
     lines = [
         f"{dataset}: {len(self.missing)} release file(s) missing from the "
         f"manual directory {where}:",
         *(f"  - {f}  (looked for {os.path.join(self.manual_dir, f)})"
           for f in self.missing),
+        *([hint] if hint else []),
         download_help,
     ]
     super().__init__("\n".join(lines))
@@ -141,6 +173,78 @@ class ReleaseFormatError(Ilsvrc2010Error, ValueError):
   """The release files do not have the expected content or layout."""
 
 
+class ArchiveError(ReleaseFormatError):
+  """A release archive cannot be read: truncated, corrupt or not a tar."""
+
+  def __init__(self, path: str, detail: str, member: str | None = None):
+    self.path = path
+    self.member = member
+    try:
+      size = f"{os.path.getsize(path):,} bytes"
+    except OSError:
+      size = "size unknown"
+    where = f"{path} ({size})"
+    if member is not None:
+      where += f", inside its member {member!r},"
+    super().__init__(
+        f"{where} cannot be read: {detail}. The archive is truncated or "
+        "corrupt -- an interrupted download or copy? Download it again and "
+        "compare its size and MD5 with those on the ImageNet download page."
+    )
+
+
+# What reading a damaged archive can raise: tarfile.ReadError (a short
+# member, a bad first header), EOFError and zlib.error (a cut or damaged
+# gzip stream), gzip.BadGzipFile and other OSErrors.
+_ARCHIVE_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
+
+
+@contextlib.contextmanager
+def _archive_errors(path: str, member: Callable[[], str | None] = lambda: None):
+  """Turns read errors of the archive at `path` into `ArchiveError`.
+
+  Args:
+    path: the archive file.
+    member: returns the member being read when the error happened, if any
+      (e.g. the per-class tar inside the train tar).
+  """
+  try:
+    yield
+  except Ilsvrc2010Error:
+    raise
+  except _ARCHIVE_READ_ERRORS as e:
+    raise ArchiveError(path, f"{type(e).__name__}: {e}", member()) from None
+
+
+def _check_end_of_archive(path: str, tar: tarfile.TarFile) -> None:
+  """Raises `ArchiveError` unless `tar` stopped at an end-of-archive marker.
+
+  `tarfile` ends the iteration without complaint where the file ends, or
+  holds garbage, in place of a member header: a tar cut at a member
+  boundary would silently lose all the members after the cut. A complete
+  tar has a zero block there. A gzip-compressed tar (the devkit, small) is
+  instead read to its end once more, which checks the gzip trailer.
+  """
+  comptype = getattr(tar.fileobj, "comptype", "tar")
+  if comptype == "gz":
+    with gzip.open(path, "rb") as f:
+      while f.read(1 << 20):
+        pass
+    return
+  if comptype != "tar":
+    return
+  with open(path, "rb") as f:
+    f.seek(tar.offset)
+    block = f.read(tarfile.BLOCKSIZE)
+  if block != tarfile.NUL * tarfile.BLOCKSIZE:
+    what = "the file ends" if not block else "garbage follows"
+    raise ArchiveError(
+        path,
+        f"{what} at byte {tar.offset:,} where the next member header or "
+        "the end-of-archive marker should be",
+    )
+
+
 # --- Manual directory. ---
 def missing_manual_files(manual_dir: os.PathLike | str) -> list[str]:
   """Returns the release files that are not in `manual_dir`, in order."""
@@ -150,11 +254,92 @@ def missing_manual_files(manual_dir: os.PathLike | str) -> list[str]:
   ]
 
 
+# Files of other ILSVRC years, e.g. ILSVRC2012_img_train.tar.
+_OTHER_YEAR = re.compile(r"^ILSVRC[-_]?(20\d\d)", re.IGNORECASE)
+# What an extracted release leaves: the archives' directories, per-class
+# tars, or loose images.
+_EXTRACTED = re.compile(
+    r"^(ILSVRC2010_images_(train|val|test)|devkit-1\.0|patch_images|"
+    r"train|val|test|n\d{8}(\.tar)?|.*\.jpe?g)$",
+    re.IGNORECASE,
+)
+
+
+def diagnose_manual_dir(manual_dir: os.PathLike | str) -> str | None:
+  """Says what `manual_dir` holds instead of the release, if it can tell.
+
+  Recognizes a release of another year (ILSVRC-2012's
+  ILSVRC2012_img_train.tar, ...), the release one directory further down,
+  an extracted release, and otherwise lists what is there. Returns None
+  when the directory looks like a partial ILSVRC-2010 release.
+  """
+  manual_dir = os.fspath(manual_dir)
+  if not os.path.isdir(manual_dir):
+    return None
+  entries = sorted(os.listdir(manual_dir))
+  present = [f for f in REQUIRED_FILES if f in entries]
+  years = collections.defaultdict(list)
+  for name in entries:
+    match = _OTHER_YEAR.match(name)
+    if match and match.group(1) != "2010":
+      years[match.group(1)].append(name)
+  if years:
+    found = "; ".join(
+        f"ILSVRC-{year}: {', '.join(names[:4])}"
+        + (f" (+{len(names) - 4})" if len(names) > 4 else "")
+        for year, names in sorted(years.items())
+    )
+    hint = (
+        f"This directory holds files of another ILSVRC release ({found}), "
+        "not the ILSVRC-2010 release this builder reads (the paper's data "
+        "set). Point the manual directory at the ILSVRC-2010 files"
+    )
+    if "2012" in years:
+      hint += (
+          ", or, to train on ILSVRC-2012, use the data set 'imagenet2012' "
+          "(get_builder('imagenet2012'), TFDS's builder)"
+      )
+    return hint + "."
+  if present:
+    return None
+  for name in entries:
+    sub = os.path.join(manual_dir, name)
+    if os.path.isdir(sub) and any(
+        os.path.isfile(os.path.join(sub, f)) for f in REQUIRED_FILES
+    ):
+      return (
+          f"The release files seem to be one directory further down, in "
+          f"{sub}: use that as the manual directory."
+      )
+  extracted = [name for name in entries if _EXTRACTED.match(name)]
+  if extracted:
+    return (
+        "This looks like an extracted release (found "
+        f"{', '.join(extracted[:5])}): the builder reads the archives "
+        "themselves, unextracted, as downloaded."
+    )
+  if not entries:
+    return "The directory is empty."
+  listed = ", ".join(entries[:8]) + (
+      f" and {len(entries) - 8} more" if len(entries) > 8 else ""
+  )
+  return (
+      f"None of the release files is here; the directory holds {listed}. "
+      "Is this the right directory?"
+  )
+
+
 def check_manual_dir(manual_dir: os.PathLike | str) -> None:
-  """Raises `MissingManualFilesError` naming every missing release file."""
+  """Raises `MissingManualFilesError` naming every missing release file.
+
+  The error also says what the directory seems to hold instead (see
+  `diagnose_manual_dir`), e.g. an ILSVRC-2012 release.
+  """
   missing = missing_manual_files(manual_dir)
   if missing:
-    raise MissingManualFilesError(manual_dir, missing)
+    raise MissingManualFilesError(
+        manual_dir, missing, hint=diagnose_manual_dir(manual_dir)
+    )
 
 
 # --- Metadata. ---
@@ -172,35 +357,119 @@ class Synset:
   num_train_images: int
 
 
+_REDOWNLOAD_DEVKIT = (
+    "Is it the ILSVRC-2010 devkit's? Download the devkit "
+    "(ILSVRC2010_devkit-1.0.tar.gz) again."
+)
+_SYNSET_FIELDS = (
+    "ILSVRC2010_ID", "WNID", "words", "gloss", "num_children", "children",
+    "wordnet_height", "num_train_images",
+)
+
+
 def _mat_str(value: Any) -> str:
+  # A MATLAB char array: a str, or an array of one (empty: of none).
   if isinstance(value, np.ndarray):
     return "" if value.size == 0 else str(value.reshape(-1)[0])
   return str(value)
 
 
 def _mat_int(value: Any) -> int:
-  return int(np.asarray(value).reshape(-1)[0])
+  # A MATLAB number of any class (double, uint8, ...), scalar or 1x1.
+  array = np.asarray(value).reshape(-1)
+  if array.size != 1:
+    raise ValueError(f"expected one number, got {array.size}")
+  number = float(array[0])
+  if number != int(number):
+    raise ValueError(f"expected an integer, got {number}")
+  return int(number)
 
 
-def parse_meta_mat(data: bytes) -> list[Synset]:
-  """Parses meta.mat (a MATLAB struct array `synsets`) into `Synset`s."""
-  mat = scipy.io.loadmat(io.BytesIO(data), squeeze_me=False)
+def _struct_entries(synsets: np.ndarray) -> list[Any]:
+  """The entries of a struct array (any shape) or a cell array of structs."""
+  if synsets.dtype.names is not None:
+    return list(synsets.reshape(-1))
+  if synsets.dtype == object:
+    entries = []
+    for cell in synsets.reshape(-1):
+      cell = np.asarray(cell)
+      if cell.dtype.names is None:
+        raise ValueError("a cell of 'synsets' is not a struct")
+      entries.extend(cell.reshape(-1))
+    return entries
+  raise ValueError(f"'synsets' is not a struct array (dtype {synsets.dtype})")
+
+
+def parse_meta_mat(data: bytes, source: str = "meta.mat") -> list[Synset]:
+  """Parses meta.mat (a MATLAB struct array `synsets`) into `Synset`s.
+
+  Args:
+    data: the bytes of meta.mat.
+    source: where it came from, for error messages.
+
+  Raises:
+    ReleaseFormatError: the file is not a readable MAT-file with a struct
+      array `synsets` with the fields of the devkit's.
+  """
+  redownload = _REDOWNLOAD_DEVKIT
+  try:
+    mat = scipy.io.loadmat(io.BytesIO(data), squeeze_me=False)
+  except NotImplementedError as e:  # scipy's answer to MATLAB v7.3 files.
+    raise ReleaseFormatError(
+        f"{source} is a MATLAB v7.3 (HDF5) file ({e}), which scipy cannot "
+        "read; re-save it with save(..., '-v7') or use the original devkit."
+    ) from None
+  except Exception as e:  # pylint: disable=broad-except
+    # scipy raises many types on a damaged file (ValueError, TypeError,
+    # MatReadError, OSError, ...).
+    raise ReleaseFormatError(
+        f"{source} is not a readable MAT-file: {type(e).__name__}: {e}. "
+        + redownload
+    ) from None
   if "synsets" not in mat:
-    raise ReleaseFormatError("meta.mat has no variable 'synsets'.")
-  synsets = mat["synsets"].reshape(-1)
+    raise ReleaseFormatError(
+        f"{source} has no variable 'synsets' (it has "
+        f"{sorted(k for k in mat if not k.startswith('__'))}). " + redownload
+    )
+  try:
+    entries = _struct_entries(np.asarray(mat["synsets"]))
+  except ValueError as e:
+    raise ReleaseFormatError(f"{source}: {e}. {redownload}") from None
+  if not entries:
+    raise ReleaseFormatError(f"{source}: 'synsets' is empty. {redownload}")
+  fields = set(entries[0].dtype.names or ())
+  missing = [f for f in _SYNSET_FIELDS if f not in fields]
+  if missing:
+    raise ReleaseFormatError(
+        f"{source}: 'synsets' lacks the field(s) {missing}. {redownload}"
+    )
   out = []
-  for s in synsets:
-    children = np.asarray(s["children"]).reshape(-1)
+  for index, s in enumerate(entries):
+    field = ""
+    try:
+      field = "children"
+      children = tuple(_mat_int(c) for c in np.asarray(s[field]).reshape(-1))
+      values = {}
+      for field in ("ILSVRC2010_ID", "num_children", "wordnet_height",
+                    "num_train_images"):
+        values[field] = _mat_int(s[field])
+      for field in ("WNID", "words", "gloss"):
+        values[field] = _mat_str(s[field])
+    except (ValueError, TypeError, IndexError) as e:
+      raise ReleaseFormatError(
+          f"{source}: synsets({index + 1}).{field} cannot be read: {e}. "
+          + redownload
+      ) from None
     out.append(
         Synset(
-            ilsvrc2010_id=_mat_int(s["ILSVRC2010_ID"]),
-            wnid=_mat_str(s["WNID"]),
-            words=_mat_str(s["words"]),
-            gloss=_mat_str(s["gloss"]),
-            num_children=_mat_int(s["num_children"]),
-            children=tuple(int(c) for c in children),
-            wordnet_height=_mat_int(s["wordnet_height"]),
-            num_train_images=_mat_int(s["num_train_images"]),
+            ilsvrc2010_id=values["ILSVRC2010_ID"],
+            wnid=values["WNID"],
+            words=values["words"],
+            gloss=values["gloss"],
+            num_children=values["num_children"],
+            children=children,
+            wordnet_height=values["wordnet_height"],
+            num_train_images=values["num_train_images"],
         )
     )
   return out
@@ -211,8 +480,10 @@ def class_synsets(
 ) -> list[Synset]:
   """Returns the class synsets; entry i has label i (= ILSVRC2010_ID - 1).
 
-  The classes are the leaves of the hierarchy (num_children == 0); the
-  release puts them first, with IDs 1..N. Everything is checked, because a
+  The classes are the leaves of the hierarchy (num_children == 0, empty
+  `children`) and have the IDs 1..N; the release lists them first, then
+  the inner nodes (IDs > N), but any file order is accepted: labels come
+  from the IDs, never from positions. Everything is checked, because a
   mismatch would silently mislabel the whole data set.
 
   Args:
@@ -221,10 +492,28 @@ def class_synsets(
     source: where the synsets came from, for error messages.
 
   Raises:
-    ReleaseFormatError: the class count differs from `num_classes`, or the
-      class entries are not the first entries with IDs 1..N.
+    ReleaseFormatError: the class count differs from `num_classes`, the
+      class IDs are not 1..N, IDs or class WNIDs repeat, or an entry
+      with num_children == 0 lists children.
   """
-  leaves = [s for s in synsets if s.num_children == 0]
+  for s in synsets:
+    if s.num_children == 0 and s.children:
+      raise ReleaseFormatError(
+          f"{source}: synset {s.wnid} (ID {s.ilsvrc2010_id}) has "
+          f"num_children 0 but the children {list(s.children)[:5]}. "
+          + _REDOWNLOAD_DEVKIT
+      )
+  ids = [s.ilsvrc2010_id for s in synsets]
+  if len(set(ids)) != len(ids):
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    raise ReleaseFormatError(
+        f"{source}: ILSVRC2010_IDs repeat: {repeated[:10]}. "
+        + _REDOWNLOAD_DEVKIT
+    )
+  leaves = sorted(
+      (s for s in synsets if s.num_children == 0),
+      key=lambda s: s.ilsvrc2010_id,
+  )
   if len(leaves) != num_classes:
     raise ReleaseFormatError(
         f"{source} describes {len(leaves)} classes (synsets with "
@@ -233,19 +522,19 @@ def class_synsets(
         f"get_builder('ilsvrc2010_mini', num_classes={len(leaves)}) for a "
         "generated mini set)."
     )
-  ids = [s.ilsvrc2010_id for s in synsets[:num_classes]]
-  if ids != list(range(1, num_classes + 1)) or any(
-      s.num_children for s in synsets[:num_classes]
-  ):
+  leaf_ids = [s.ilsvrc2010_id for s in leaves]
+  if leaf_ids != list(range(1, num_classes + 1)):
     raise ReleaseFormatError(
-        f"{source}: expected the first {num_classes} synsets to be the "
-        f"classes with ILSVRC2010_ID 1..{num_classes}; got IDs "
-        f"{ids[:5]}...{ids[-3:]}."
+        f"{source}: expected the classes (leaf synsets) to have the "
+        f"ILSVRC2010_IDs 1..{num_classes}; got IDs "
+        f"{leaf_ids[:5]}...{leaf_ids[-3:]}. " + _REDOWNLOAD_DEVKIT
     )
-  wnids = [s.wnid for s in synsets[:num_classes]]
+  wnids = [s.wnid for s in leaves]
   if len(set(wnids)) != num_classes:
-    raise ReleaseFormatError(f"{source}: class WNIDs are not unique.")
-  return list(synsets[:num_classes])
+    raise ReleaseFormatError(
+        f"{source}: class WNIDs are not unique. " + _REDOWNLOAD_DEVKIT
+    )
+  return leaves
 
 
 def parse_ground_truth(text: str, num_classes: int, source: str) -> list[int]:
@@ -285,34 +574,124 @@ class ReleaseMetadata:
     ]
 
 
-def _read_members(path: str, names: Iterable[str]) -> dict[str, bytes]:
-  """Reads the named members of a (possibly compressed) tar, streaming it."""
-  wanted = set(names)
-  found = {}
-  with tarfile.open(path, mode="r|*") as tar:
-    for member in tar:
-      if member.name in wanted and member.isfile():
-        found[member.name] = tar.extractfile(member).read()
-  missing = sorted(wanted - set(found))
-  if missing:
-    raise ReleaseFormatError(f"{path} lacks {', '.join(missing)}.")
-  return found
+# --- Member names. ---
+# The directories a patch can sit in, by split (fuel's converter: the
+# directory just above the file).
+_PATCH_DIRS = {"train": "train", "val": "val", "validation": "val",
+               "test": "test"}
+_IMAGE_EXTENSIONS = (".jpeg", ".jpg")
+
+
+def _member_parts(name: str) -> list[str]:
+  """The path components of a tar member name, without "." and "" parts."""
+  return [p for p in name.split("/") if p not in ("", ".")]
+
+
+def _base_name(name: str) -> str:
+  parts = _member_parts(name)
+  return parts[-1] if parts else ""
+
+
+def image_key(file_name: str) -> str:
+  """The name an image is matched by: the extension's case does not count.
+
+  "x.JPEG" in an image archive and "x.jpeg" in patch_images.tar are the
+  same image.
+  """
+  stem, ext = os.path.splitext(file_name)
+  return stem + ext.lower()
+
+
+def _is_image_name(name: str) -> bool:
+  return os.path.splitext(name)[1].lower() in _IMAGE_EXTENSIONS
+
+
+def _find_member(names: Sequence[str], wanted: str, path: str) -> str:
+  """The member of `names` that is `wanted`, whatever its path prefix.
+
+  The exact path (after dropping "./") wins, then a path ending in it (a
+  prefixed copy), then a unique member with the same base name.
+  """
+  wanted_parts = _member_parts(wanted)
+  by_rank = collections.defaultdict(list)
+  for name in names:
+    parts = _member_parts(name)
+    if parts == wanted_parts:
+      by_rank[0].append(name)
+    elif parts[-len(wanted_parts):] == wanted_parts:
+      by_rank[1].append(name)
+    elif parts and parts[-1] == wanted_parts[-1]:
+      by_rank[2].append(name)
+  for rank in range(3):
+    candidates = by_rank[rank]
+    if len(candidates) == 1:
+      return candidates[0]
+    if len(candidates) > 1:
+      raise ReleaseFormatError(
+          f"{path}: more than one member could be {wanted}: {candidates}."
+      )
+  raise ReleaseFormatError(
+      f"{path} lacks {wanted} (under any directory). Is it the ILSVRC-2010 "
+      "devkit? Download it again."
+  )
+
+
+def _read_members(path: str, names: Sequence[str]) -> dict[str, bytes]:
+  """Reads the named members of a (possibly compressed) tar, streaming it.
+
+  A member is found whatever directory prefix it carries (`_find_member`);
+  the result is keyed by the names asked for.
+  """
+  base_names = {_member_parts(n)[-1] for n in names}
+  found: dict[str, bytes] = {}
+  with _archive_errors(path):
+    with tarfile.open(path, mode="r|*") as tar:
+      for member in tar:
+        if member.isfile() and _base_name(member.name) in base_names:
+          found[member.name] = tar.extractfile(member).read()
+        tar.members = []
+      _check_end_of_archive(path, tar)
+  return {n: found[_find_member(list(found), n, path)] for n in names}
 
 
 def read_patches(path: str) -> dict[str, dict[str, bytes]]:
-  """Reads patch_images.tar: {"train"|"val"|"test": {file name: bytes}}.
+  """Reads patch_images.tar: {"train"|"val"|"test": {image key: bytes}}.
 
-  Replacements are matched to images by file name within their split; the
-  top-level directory names the split.
+  A patch belongs to the split named by the nearest directory above it
+  (".../train/x.JPEG"; "validation/" counts as "val/"), whatever comes
+  before that directory; it replaces the split's image of the same name
+  (`image_key`: the extension's case does not count). Members that are not
+  JPEGs are ignored, as are, with a warning, JPEGs under no split
+  directory (as fuel's converter does).
   """
   patches: dict[str, dict[str, bytes]] = {"train": {}, "val": {}, "test": {}}
+  member_of: dict[tuple[str, str], str] = {}
+  unplaced = []
   for name, data in iter_tar_files(path):
-    parts = name.strip("./").split("/")
-    if len(parts) < 2 or parts[0] not in patches:
+    parts = _member_parts(name)
+    if not parts or not _is_image_name(parts[-1]):
+      continue
+    split = next(
+        (_PATCH_DIRS[p.lower()] for p in reversed(parts[:-1])
+         if p.lower() in _PATCH_DIRS),
+        None,
+    )
+    if split is None:
+      unplaced.append(name)
+      continue
+    key = image_key(parts[-1])
+    if key in patches[split] and patches[split][key] != data:
       raise ReleaseFormatError(
-          f"{path}: member {name!r} is not under train/, val/ or test/."
+          f"{path}: members {member_of[split, key]!r} and {name!r} are two "
+          f"different patches of the {split} image {key}."
       )
-    patches[parts[0]][parts[-1]] = data
+    patches[split][key] = data
+    member_of[split, key] = name
+  if unplaced:
+    logging.warning(
+        "%s: ignored %d image(s) under no train/, val/ or test/ directory: "
+        "%s", path, len(unplaced), ", ".join(unplaced[:10]),
+    )
   return patches
 
 
@@ -320,9 +699,22 @@ def read_num_classes(manual_dir: os.PathLike | str) -> int:
   """The class count of the release in `manual_dir` (leaves of meta.mat)."""
   manual_dir = os.fspath(manual_dir)
   check_manual_dir(manual_dir)
-  devkit = _read_members(os.path.join(manual_dir, DEVKIT_TAR), [META_MEMBER])
-  synsets = parse_meta_mat(devkit[META_MEMBER])
+  devkit_path = os.path.join(manual_dir, DEVKIT_TAR)
+  devkit = _read_members(devkit_path, [META_MEMBER])
+  synsets = parse_meta_mat(
+      devkit[META_MEMBER], source=f"{devkit_path}:{META_MEMBER}"
+  )
   return sum(1 for s in synsets if s.num_children == 0)
+
+
+def _decode_text(data: bytes, source: str) -> str:
+  try:
+    return data.decode("ascii")
+  except UnicodeDecodeError as e:
+    raise ReleaseFormatError(
+        f"{source} is not a text file of class IDs ({e}). Is it the "
+        "ILSVRC-2010 ground truth? Download it again."
+    ) from None
 
 
 def load_release_metadata(
@@ -333,19 +725,23 @@ def load_release_metadata(
   check_manual_dir(manual_dir)
   devkit_path = os.path.join(manual_dir, DEVKIT_TAR)
   devkit = _read_members(devkit_path, [META_MEMBER, VAL_GROUND_TRUTH_MEMBER])
+  meta_source = f"{devkit_path}:{META_MEMBER}"
   classes = class_synsets(
-      parse_meta_mat(devkit[META_MEMBER]),
+      parse_meta_mat(devkit[META_MEMBER], source=meta_source),
       num_classes,
-      source=f"{devkit_path}:{META_MEMBER}",
+      source=meta_source,
   )
+  val_source = f"{devkit_path}:{VAL_GROUND_TRUTH_MEMBER}"
   val_labels = parse_ground_truth(
-      devkit[VAL_GROUND_TRUTH_MEMBER].decode("ascii"),
+      _decode_text(devkit[VAL_GROUND_TRUTH_MEMBER], val_source),
       num_classes,
-      source=f"{devkit_path}:{VAL_GROUND_TRUTH_MEMBER}",
+      source=val_source,
   )
   test_gt_path = os.path.join(manual_dir, TEST_GROUND_TRUTH)
-  with open(test_gt_path, "r", encoding="ascii") as f:
-    test_labels = parse_ground_truth(f.read(), num_classes, test_gt_path)
+  with open(test_gt_path, "rb") as f:
+    test_labels = parse_ground_truth(
+        _decode_text(f.read(), test_gt_path), num_classes, test_gt_path
+    )
   return ReleaseMetadata(
       classes=tuple(classes),
       validation_labels=tuple(val_labels),
@@ -362,17 +758,26 @@ def iter_tar_files(
 
   Stream mode ("r|") reads the archive strictly forward, so this works on a
   member of an enclosing tar (the per-class train tars) as well as on files.
+  A file on disk is checked to be complete (`ArchiveError` otherwise); a
+  file object's read errors are left to the caller, who knows what it is.
   """
   if isinstance(path_or_fileobj, (str, os.PathLike)):
-    tar = tarfile.open(os.fspath(path_or_fileobj), mode="r|*")
+    path = os.fspath(path_or_fileobj)
+    with _archive_errors(path):
+      with tarfile.open(path, mode="r|*") as tar:
+        yield from _iter_files(tar)
+        _check_end_of_archive(path, tar)
   else:
-    tar = tarfile.open(fileobj=path_or_fileobj, mode="r|*")
-  with tar:
-    for member in tar:
-      if member.isfile():
-        yield member.name, tar.extractfile(member).read()
-      # tarfile keeps every TarInfo it has seen; the test tar has 150,000.
-      tar.members = []
+    with tarfile.open(fileobj=path_or_fileobj, mode="r|*") as tar:
+      yield from _iter_files(tar)
+
+
+def _iter_files(tar: tarfile.TarFile) -> Iterator[tuple[str, bytes]]:
+  for member in tar:
+    if member.isfile():
+      yield member.name, tar.extractfile(member).read()
+    # tarfile keeps every TarInfo it has seen; the test tar has 150,000.
+    tar.members = []
 
 
 def list_tar_file_names(path: str) -> list[str]:
@@ -382,11 +787,13 @@ def list_tar_file_names(path: str) -> list[str]:
   skipped over with seeks.
   """
   names = []
-  with tarfile.open(path, mode="r:") as tar:
-    for member in tar:
-      if member.isfile():
-        names.append(os.path.basename(member.name))
-      tar.members = []
+  with _archive_errors(path):
+    with tarfile.open(path, mode="r:") as tar:
+      for member in tar:
+        if member.isfile():
+          names.append(_base_name(member.name))
+        tar.members = []
+      _check_end_of_archive(path, tar)
   return names
 
 
@@ -407,9 +814,10 @@ def _patched(
 ) -> tuple[bytes, bool]:
   # The release's blank images are replaced by the same-named file of
   # patch_images.tar (PAPER.md §3: they must be applied).
-  if file_name in patches:
-    used.add(file_name)
-    return patches[file_name], True
+  key = image_key(file_name)
+  if key in patches:
+    used.add(key)
+    return patches[key], True
   return data, False
 
 
@@ -432,25 +840,66 @@ def iter_raw_images(
 
   Train labels come from the per-class tar's WNID; validation and test
   labels from the ground-truth files, line i labelling the i-th file name
-  in sorted order (PAPER.md §3) -- not the tar order.
+  in sorted order (PAPER.md §3) -- not the tar order. Members are known by
+  their base names, whatever directories they are under.
+
+  Raises:
+    ArchiveError: an archive is truncated or corrupt.
+    ReleaseFormatError: the archives do not match meta.mat, the ground
+      truth or the patches.
   """
   archive_name, patch_dir = SPLIT_ARCHIVES[split]
   path = os.path.join(os.fspath(manual_dir), archive_name)
   patches = meta.patches[patch_dir]
   used: set[str] = set()
   if split == "train":
-    label_of_wnid = {s.wnid: i for i, s in enumerate(meta.classes)}
-    seen = set()
-    for class_tar, class_bytes_iter in _iter_class_tars(path):
-      wnid = os.path.basename(class_tar)[: -len(".tar")]
+    yield from _iter_train_images(path, meta, patches, used)
+  else:
+    labels = meta.labels_for(split)
+    names = list_tar_file_names(path)
+    if len(names) != len(labels) or len(set(names)) != len(names):
+      raise ReleaseFormatError(
+          f"{archive_name} holds {len(names)} files ({len(set(names))} "
+          f"distinct names) but the ground truth has {len(labels)} lines."
+      )
+    index_of = {name: i for i, name in enumerate(sorted(names))}
+    for member, data in iter_tar_files(path):
+      file_name = _base_name(member)
+      data, patched = _patched(data, file_name, patches, used)
+      yield RawImage(
+          archive=archive_name,
+          member=member,
+          file_name=file_name,
+          label=labels[index_of[file_name]],
+          data=data,
+          patched=patched,
+      )
+  _check_all_patches_used(patch_dir, patches, used)
+
+
+def _iter_train_images(
+    path: str,
+    meta: ReleaseMetadata,
+    patches: dict[str, bytes],
+    used: set[str],
+) -> Iterator[RawImage]:
+  """The train images, from the tar of per-class tars `<WNID>.tar`."""
+  archive_name = os.path.basename(path)
+  label_of_wnid = {s.wnid: i for i, s in enumerate(meta.classes)}
+  seen = set()
+  current = None  # The class tar being read, for error messages.
+  with _archive_errors(path, lambda: current):
+    for class_tar, class_files in _iter_class_tars(path):
+      current = class_tar
+      wnid = os.path.splitext(_base_name(class_tar))[0]
       if wnid not in label_of_wnid:
         raise ReleaseFormatError(
             f"{archive_name}: class tar {class_tar!r} names no class of "
             "meta.mat."
         )
       seen.add(wnid)
-      for member, data in class_bytes_iter:
-        file_name = os.path.basename(member)
+      for member, data in class_files:
+        file_name = _base_name(member)
         if not file_name.startswith(wnid + "_"):
           # The file name carries the WNID too; a disagreement would mean a
           # wrong label, so stop rather than guess.
@@ -467,33 +916,13 @@ def iter_raw_images(
             data=data,
             patched=patched,
         )
-    missing = sorted(set(label_of_wnid) - seen)
-    if missing:
-      raise ReleaseFormatError(
-          f"{archive_name} has no per-class tar for {len(missing)} "
-          f"class(es) of meta.mat: {missing[:10]}."
-      )
-  else:
-    labels = meta.labels_for(split)
-    names = list_tar_file_names(path)
-    if len(names) != len(labels) or len(set(names)) != len(names):
-      raise ReleaseFormatError(
-          f"{archive_name} holds {len(names)} files ({len(set(names))} "
-          f"distinct names) but the ground truth has {len(labels)} lines."
-      )
-    index_of = {name: i for i, name in enumerate(sorted(names))}
-    for member, data in iter_tar_files(path):
-      file_name = os.path.basename(member)
-      data, patched = _patched(data, file_name, patches, used)
-      yield RawImage(
-          archive=archive_name,
-          member=member,
-          file_name=file_name,
-          label=labels[index_of[file_name]],
-          data=data,
-          patched=patched,
-      )
-  _check_all_patches_used(patch_dir, patches, used)
+      current = None
+  missing = sorted(set(label_of_wnid) - seen)
+  if missing:
+    raise ReleaseFormatError(
+        f"{archive_name} has no per-class tar for {len(missing)} "
+        f"class(es) of meta.mat: {missing[:10]}."
+    )
 
 
 def _iter_class_tars(
@@ -504,16 +933,18 @@ def _iter_class_tars(
   Each inner tar is streamed straight out of the outer one (no copy in
   memory, unlike TFDS's imagenet2012, which reads each ~150 MB class tar
   whole). The caller must consume the inner iterator before advancing.
+  Read errors are the caller's to report.
   """
   with tarfile.open(path, mode="r|") as outer:
     for member in outer:
       if member.isfile():
-        if not member.name.endswith(".tar"):
+        if not member.name.lower().endswith(".tar"):
           raise ReleaseFormatError(
               f"{path}: member {member.name!r} is not a per-class .tar."
           )
         yield member.name, iter_tar_files(outer.extractfile(member))
       outer.members = []
+    _check_end_of_archive(path, outer)
 
 
 # --- Image processing. ---
@@ -525,8 +956,9 @@ def decode_image(data: bytes) -> Image.Image:
   three input channels).
 
   Raises:
-    OSError, ValueError, EOFError, zlib.error: the bytes are not a complete
-      image (PIL refuses truncated images unless told otherwise).
+    OSError, ValueError, EOFError, zlib.error, SyntaxError,
+    Image.DecompressionBombError: the bytes are not a complete image (PIL
+      refuses truncated images unless told otherwise).
   """
   if data[:2] == _GZIP_MAGIC:
     data = gzip.decompress(data)
@@ -555,6 +987,14 @@ def resize_and_center_crop(image: Image.Image, size: int) -> Image.Image:
   return image.crop((left, top, left + size, top + size))
 
 
+# What decoding bad bytes can raise: PIL's UnidentifiedImageError and
+# "image file is truncated" (OSError), SyntaxError from some plugins,
+# DecompressionBombError (a corrupt header claiming a huge size), gzip's
+# BadGzipFile (OSError), EOFError and zlib.error.
+_DECODE_ERRORS = (OSError, ValueError, EOFError, zlib.error, SyntaxError,
+                  Image.DecompressionBombError)
+
+
 def process_image(raw: RawImage, image_size: int) -> bytes:
   """Decodes, rescales + crops and re-encodes one image as JPEG.
 
@@ -563,8 +1003,8 @@ def process_image(raw: RawImage, image_size: int) -> bytes:
   """
   try:
     image = decode_image(raw.data)
-  except (OSError, ValueError, EOFError, zlib.error) as e:
-    raise CorruptImageError(raw.archive, raw.member, e) from e
+  except _DECODE_ERRORS as e:
+    raise CorruptImageError(raw.archive, raw.member, e) from None
   image = resize_and_center_crop(image, image_size)
   buffer = io.BytesIO()
   image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
