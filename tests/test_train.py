@@ -20,6 +20,7 @@ import pytest
 
 from alexnet_jax import checkpoint
 from alexnet_jax import evaluation
+from alexnet_jax import figures
 from alexnet_jax import parallel
 from alexnet_jax import train
 from alexnet_jax import weights
@@ -116,9 +117,11 @@ def test_results_json_table_and_pictures(uninterrupted):
                                      "chance_top1_error"}
   # The results table is printed at the end.
   assert "validation   ten" in results and "trivial baseline" in results
-  # Figure 3: 2 towers x 4 kernels (smoke width), tower 0 above tower 1.
+  # Figure 3: 2 towers x 4 kernels (smoke width), tower 0 above tower 1,
+  # each under its label line.
   picture = np.asarray(Image.open(os.path.join(workdir, "conv1.png")))
-  assert picture.shape == (2 * (11 * 4 + 1) + 8, 4 * (11 * 4 + 1), 3)
+  assert picture.shape == (2 * (11 * 4 + 1 + figures.LABEL_HEIGHT) + 8,
+                           4 * (11 * 4 + 1), 3)
   assert any(name.startswith("events.out.tfevents")
              for name in os.listdir(workdir))
   config = train.load_workdir_config(workdir)
