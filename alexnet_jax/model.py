@@ -13,7 +13,8 @@ leading axis and is sharded over `model`):
   conv1/kernel [T, 11, 11, 3, 48]      input: the whole image
   conv2/kernel [T, 5, 5, 48, 128]      input: own tower's conv1
   conv3/kernel [T, 3, 3, 256, 192]     input: both towers' conv2 (gathered)
-  conv4/kernel [T, 3, 3, 192, 192]     input: own tower
+  conv4/kernel [T, 3, 3, 192, 192]     input: own tower (absent with
+                                       remove_conv4)
   conv5/kernel [T, 3, 3, 192, 128]     input: own tower
   fc6/kernel   [T, 6*6*128, 4096]      rows: own tower's pool5 (h, w, c);
                                        columns: all fc6 units, tower-major
@@ -24,6 +25,11 @@ leading axis and is sharded over `model`):
 fc6 and fc8 are stored by input rows because their cross-tower exchange is a
 sum of partial products (parallel.py explains the byte counts); the function
 is the paper's either way.
+
+The paper's comparisons are config fields (configs/ilsvrc2010.py names them):
+`num_towers=1` with conv5/fc widths doubled (the one-GPU net, §3.2),
+`lrn.enabled` (§3.3), `pool_window` (§3.4), `dropout_rate` (§4.2),
+`activation` (§3.1) and `remove_conv4` (§7).
 """
 
 from __future__ import annotations
@@ -63,12 +69,28 @@ def default_config() -> ml_collections.ConfigDict:
   #   b = a / (k + alpha * sum a^2)^beta with k=2, n=5, alpha=1e-4, beta=0.75.
   # convention="caffe" (Caffe, PyTorch, cuda-convnet2) divides alpha by n;
   # Caffe's reference AlexNet also uses k=1.
-  c.lrn = ml_collections.ConfigDict(
-      dict(convention="paper", k=2.0, n=5, alpha=1e-4, beta=0.75))
+  # enabled=False removes both LRN layers (the §3.3 comparison).
+  c.lrn = ml_collections.ConfigDict(dict(
+      enabled=True, convention="paper", k=2.0, n=5, alpha=1e-4, beta=0.75))
   # Overlapping pooling (§3.4): window 3, stride 2; 2/2 is the ablation.
   c.pool_window = 3
   c.pool_stride = 2
-  c.dropout_rate = 0.5  # §4.2, after fc6 and fc7.
+  # "relu" (§3.1) or "tanh": the nonlinearity after every conv and fc6/fc7.
+  c.activation = "relu"
+  # §7: "removing any of the middle layers results in a loss of about 2%".
+  # True removes conv4 (conv5 then reads conv3 within its tower).
+  c.remove_conv4 = False
+  c.dropout_rate = 0.5  # §4.2, after fc6 and fc7; 0 removes it.
+  # §4.2 "paper": zero each output with probability dropout_rate in
+  # training, no rescaling; at test time multiply by 1 - dropout_rate (0.5).
+  # "inverted" (Caffe, PyTorch, flax): divide the kept outputs by
+  # 1 - dropout_rate in training, identity at test. Both describe the same
+  # functions (halving fc7's and fc8's weights converts one to the other),
+  # but not the same training run: with the paper's N(0, 0.01^2) init and
+  # learning rate, inverted dropout doubles what fc7 and fc8 see in
+  # training and so changes their gradient steps. Weights trained with
+  # inverted dropout (e.g. Caffe's) must be evaluated with "inverted".
+  c.dropout_scaling = "paper"
   # "paper": N(0, 0.01^2) weights, bias 1 in conv2, conv4, conv5, fc6, fc7
   # (§5). "caffe": bvlc_alexnet's fc6/fc7 std 0.005 and biases 0.1.
   c.init = "paper"
@@ -95,7 +117,7 @@ def _init_constants(init: str) -> dict[str, tuple[float, float]]:
                 fc7=1., fc8=0.)
   elif init == "caffe":
     # Caffe's bvlc_alexnet: avoids the flat loss at ln(1000) some setups hit
-    # with the paper's init (PAPER.md §2).
+    # with the paper's init.
     std = dict.fromkeys(CONV_LAYERS + FC_LAYERS, 0.01)
     std.update(fc6=0.005, fc7=0.005)
     bias = dict(conv1=0., conv2=.1, conv3=0., conv4=.1, conv5=.1, fc6=.1,
@@ -109,7 +131,7 @@ def conv_out_size(size: int, kernel: int, stride: int, pad: int = 0) -> int:
   """Output size of a convolution that rounds up like cuda-convnet.
 
   1 + ceil((size + 2 * pad - kernel) / stride). For conv1 at 224 this gives
-  55, which equals padding the bottom/right edge by 3 (PAPER.md §1).
+  55, which equals padding the bottom/right edge by 3.
   """
   return 1 + math.ceil((size + 2 * pad - kernel) / stride)
 
@@ -162,6 +184,10 @@ def local_response_norm(x: Array, towers: int, *, convention: str, k: float,
       padding=((0, 0),) * (x_T.ndim - 1) + ((half, n - 1 - half),))
   y = x_T * jnp.power(k + scale * sq_sum, -beta)
   return y.reshape(x.shape).astype(dtype)
+
+
+ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
+DROPOUT_SCALINGS = ("paper", "inverted")
 
 
 def _tower_normal(std: float) -> Initializer:
@@ -242,7 +268,8 @@ class AlexNet(nn.Module):
   module then communicates only at conv3, fc6, fc7 and fc8.
 
   Call with images [B, S, S, 3] (S = image_size), returns float32 logits
-  [B, num_classes]. `train=True` applies dropout and needs a 'dropout' rng.
+  [B, num_classes]. `train=True` draws dropout masks and needs a 'dropout'
+  rng; `train=False` applies dropout's test-time rule (x 0.5 in "paper").
   """
   num_classes: int = 1000
   num_towers: int = 2
@@ -255,15 +282,21 @@ class AlexNet(nn.Module):
   lrn_n: int = 5
   lrn_alpha: float = 1e-4
   lrn_beta: float = 0.75
+  use_lrn: bool = True
   pool_window: int = 3
   pool_stride: int = 2
+  activation: str = "relu"
+  remove_conv4: bool = False
   dropout_rate: float = 0.5
+  dropout_scaling: str = "paper"
   init_scheme: str = "paper"
   dtype: Any = jnp.float32
   model_axis: str | None = None
   data_axis: str | None = None
 
   def _lrn(self, x: Array) -> Array:
+    if not self.use_lrn:
+      return x
     return local_response_norm(
         x, self.towers_local, convention=self.lrn_convention, k=self.lrn_k,
         n=self.lrn_n, alpha=self.lrn_alpha, beta=self.lrn_beta)
@@ -273,10 +306,20 @@ class AlexNet(nn.Module):
     return nn.max_pool(x, (w, w), strides=(s, s), padding="VALID")
 
   def _dropout(self, x: Array, train: bool) -> Array:
-    """Dropout with a mask that differs per step, tower and data shard."""
-    if not train or self.dropout_rate == 0.0:
+    """Dropout (§4.2) with a mask that differs per step, tower and shard.
+
+    "paper": training keeps each output with probability keep = 1 - rate,
+    unscaled; test multiplies every output by keep. "inverted": training
+    divides the kept outputs by keep; test is the identity.
+    """
+    if self.dropout_rate == 0.0:
       return x
     keep = 1.0 - self.dropout_rate
+    paper = self.dropout_scaling == "paper"
+    if not train:
+      # §4.2: "At test time, we use all the neurons but multiply their
+      # outputs by 0.5".
+      return x * jnp.asarray(keep, x.dtype) if paper else x
     key = self.make_rng("dropout")  # Differs per step and per layer.
     key = jax.random.fold_in(key, parallel.shard_index(self.data_axis))
     first = parallel.tower_offset(self.model_axis, self.towers_local)
@@ -286,9 +329,7 @@ class AlexNet(nn.Module):
     masks_T = jax.vmap(lambda t: jax.random.bernoulli(
         jax.random.fold_in(key, t), keep, (batch, per_tower)))(towers)
     mask = jnp.moveaxis(masks_T, 0, 1).reshape(batch, units)
-    # Inverted dropout: scaling by 1/keep at training time equals the paper's
-    # scaling by 0.5 at test time (§4.2).
-    return jnp.where(mask, x / keep, 0).astype(x.dtype)
+    return jnp.where(mask, x if paper else x / keep, 0).astype(x.dtype)
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False) -> Array:
@@ -300,6 +341,7 @@ class AlexNet(nn.Module):
           "to the crop size of the input pipeline.")
     consts = _init_constants(self.init_scheme)
     towers, dt = self.towers_local, self.dtype
+    act = ACTIVATIONS[self.activation]
     c1, c2, c3, c4, c5 = self.conv_features
     f6, f7 = self.fc_features
 
@@ -317,14 +359,15 @@ class AlexNet(nn.Module):
     # rounding: pad only the bottom/right edge (224 -> 55, 227 -> 55).
     pad = conv1_padding(self.image_size)
     x = conv("conv1", c1, 11, True, 4, ((0, pad), (0, pad)))(images)
-    x = self._pool(self._lrn(nn.relu(x)))  # §3.3: LRN after ReLU.
+    x = self._pool(self._lrn(act(x)))  # §3.3: LRN after ReLU.
     x = conv("conv2", c2, 5, False)(x)
-    x = self._pool(self._lrn(nn.relu(x)))
+    x = self._pool(self._lrn(act(x)))
     # conv3 reads both towers' conv2 maps: the first communication.
     x = parallel.gather_towers(x, self.model_axis, axis=-1)
-    x = nn.relu(conv("conv3", c3, 3, True)(x))
-    x = nn.relu(conv("conv4", c4, 3, False)(x))
-    x = nn.relu(conv("conv5", c5, 3, False)(x))
+    x = act(conv("conv3", c3, 3, True)(x))
+    if not self.remove_conv4:
+      x = act(conv("conv4", c4, 3, False)(x))
+    x = act(conv("conv5", c5, 3, False)(x))
     x = self._pool(x)
 
     # fc6: each tower multiplies its own pool5 (flattened h, w, c) by its
@@ -337,7 +380,7 @@ class AlexNet(nn.Module):
                 (towers, f6))
     partial = jnp.einsum("bti,tio->bo", x_BTI.astype(dt), k6.astype(dt))
     x = parallel.scatter_tower_sum(partial, self.model_axis, axis=1)
-    x = self._dropout(nn.relu(x + b6.reshape(-1).astype(dt)), train)
+    x = self._dropout(act(x + b6.reshape(-1).astype(dt)), train)
 
     # fc7: every unit reads all of fc6 (gathered); each tower computes its own
     # units.
@@ -345,7 +388,7 @@ class AlexNet(nn.Module):
     k7, b7 = fc("fc7", (towers, self.num_towers * f6, f7), (towers, f7))
     x = jnp.einsum("bi,tio->bto", x.astype(dt), k7.astype(dt))
     x = x.reshape(batch, towers * f7) + b7.reshape(-1).astype(dt)
-    x = self._dropout(nn.relu(x), train)
+    x = self._dropout(act(x), train)
 
     # fc8: each tower's fc7 units times its rows of the fc8 matrix; the
     # partial logits are summed across towers on every device.
@@ -380,6 +423,19 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         f"spatial sizes {sizes}.")
   if config.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"model.dtype={config.dtype!r}: float32 or bfloat16.")
+  # Fields added after the first release: a workdir's saved config.json may
+  # lack them. Its runs used ReLU, LRN, conv4 and inverted dropout.
+  activation = config.get("activation", "relu")
+  scaling = config.get("dropout_scaling", "inverted")
+  if activation not in ACTIVATIONS:
+    raise ValueError(
+        f"model.activation={activation!r}: one of {list(ACTIVATIONS)}.")
+  if scaling not in DROPOUT_SCALINGS:
+    raise ValueError(f"model.dropout_scaling={scaling!r}: one of "
+                     f"{list(DROPOUT_SCALINGS)}.")
+  if not 0.0 <= config.dropout_rate < 1.0:
+    raise ValueError(
+        f"model.dropout_rate={config.dropout_rate} must be in [0, 1).")
   _init_constants(config.init)  # Validates the name.
   towers_local = parallel.towers_per_device(mesh, config.num_towers)
   if towers_local * (mesh.shape[parallel.MODEL] if mesh else 1) != (
@@ -399,9 +455,13 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None
       lrn_n=config.lrn.n,
       lrn_alpha=config.lrn.alpha,
       lrn_beta=config.lrn.beta,
+      use_lrn=config.lrn.get("enabled", True),
       pool_window=config.pool_window,
       pool_stride=config.pool_stride,
+      activation=activation,
+      remove_conv4=config.get("remove_conv4", False),
       dropout_rate=config.dropout_rate,
+      dropout_scaling=scaling,
       init_scheme=config.init,
       dtype=jnp.dtype(config.dtype),
       model_axis=parallel.tower_axis(mesh),
@@ -441,10 +501,10 @@ def init_params(config: ml_collections.ConfigDict, rng: Array,
     paper = param_shapes(default_config())
     consts = {name: (std * math.sqrt(_fan_in(name, paper) /
                                      _fan_in(name, shapes)), bias)
-              for name, (std, bias) in consts.items()}
+              for name, (std, bias) in consts.items() if name in shapes}
   towers = config.num_towers
   sizes = {name: math.prod(shapes[name]["kernel"].shape[1:])
-           for name in CONV_LAYERS + FC_LAYERS}
+           for name in CONV_LAYERS + FC_LAYERS if name in shapes}
 
   def init(rng):
     stream = jax.random.normal(rng, (towers, sum(sizes.values())))

@@ -6,14 +6,17 @@ converters from it) use, so weights converted from Caffe or other frameworks
 can be brought in and ours taken elsewhere:
 
   conv kernels [out, in / groups, kh, kw], tower 0's kernels first
-               (groups = 2 for conv2, conv4, conv5: the tower-local layers);
+               (groups = towers, 2 in the paper, for conv2, conv4, conv5:
+               the tower-local layers; a model without conv4 has no
+               conv4 entries);
   fc matrices  [out, in]; fc6's input order is pool5 flattened as
                channels-height-width with tower 0's channels first;
   biases       [out], tower 0 first.
 
 Caffe's own bvlc_alexnet reads BGR images; pass `input_channels="bgr"` to
 reverse conv1's input channels on import/export. Everything else about that
-model (227 crops, the Caffe LRN convention) is config: see model.py.
+model (227 crops, the Caffe LRN convention, inverted dropout) is config: see
+model.py.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def to_caffe_layout(params: Any, input_channels: str = "rgb"
   p = jax.tree.map(np.asarray, jax.device_get(params))
   out = {}
   for name in model_lib.CONV_LAYERS:
+    if name not in p:  # conv4 with model.remove_conv4.
+      continue
     kernel = p[name]["kernel"]  # [T, kh, kw, I, O]
     towers, kh, kw, cin, cout = kernel.shape
     # -> [T, O, I, kh, kw] -> [T*O, I, kh, kw]
@@ -99,6 +104,8 @@ def from_caffe_layout(arrays: dict[str, np.ndarray], like: Any,
   a = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
   params = {}
   for name in model_lib.CONV_LAYERS:
+    if name not in shapes:
+      continue
     towers, kh, kw, cin, cout = shapes[name]["kernel"]
     w = a[f"{name}.weight"]
     if name == "conv1" and input_channels == "bgr":

@@ -1,10 +1,11 @@
-"""An independent single-device AlexNet, written from PAPER.md §1 alone.
+"""An independent single-device AlexNet, written from the paper's §3-§4.
 
 It shares no code with alexnet_jax.model: it takes the weights in the Caffe
 layout (`<layer>.weight` [out, in/groups, kh, kw] / [out, in], NCHW
-activations), expresses the towers as grouped convolutions (groups=2 for
-conv2, conv4, conv5) and plain dense layers, and computes LRN with an
-explicit loop over channels. The model must equal it.
+activations), expresses the towers as grouped convolutions (groups=towers
+for conv2, conv4, conv5) and plain dense layers, and computes LRN with an
+explicit loop over channels. The model must equal it. Without
+`conv4.weight` in the weights, conv5 reads conv3 (the §7 ablation).
 """
 
 from __future__ import annotations
@@ -44,35 +45,58 @@ def _maxpool(x, window, stride):
                                "VALID")
 
 
+def _dropout(x, mask, rate, scaling):
+  """§4.2 "paper": training x * mask, test x * (1 - rate); or inverted."""
+  keep = 1.0 - rate
+  if mask is None:
+    return x * keep if scaling == "paper" else x
+  return x * mask if scaling == "paper" else x * mask / keep
+
+
 def logits(w, images_NHWC, *, towers=2, lrn=("paper", 2.0, 5, 1e-4, 0.75),
-           pool=(3, 2), dropout_masks=None):
-  """Reference forward pass. dropout_masks: (mask6, mask7) of 0/1/keep."""
-  convention, k, n, alpha, beta = lrn
+           pool=(3, 2), activation="relu", dropout_rate=0.5,
+           dropout_scaling="paper", dropout_masks=None):
+  """Reference forward pass.
+
+  lrn: (convention, k, n, alpha, beta), or None for no LRN.
+  dropout_masks: (mask6, mask7) of 0/1 for a training pass; None for test.
+  """
+  act = {"relu": jax.nn.relu, "tanh": jnp.tanh}[activation]
+
+  def norm(x):
+    if lrn is None:
+      return x
+    convention, k, n, alpha, beta = lrn
+    return lrn_loop(x, towers, k, n, alpha, beta, convention)
+
+  def dropout(x, i):
+    if dropout_rate == 0:
+      return x
+    mask = None if dropout_masks is None else dropout_masks[i]
+    return _dropout(x, mask, dropout_rate, dropout_scaling)
+
   x = jnp.transpose(images_NHWC, (0, 3, 1, 2))
   size = x.shape[-1]
   # The authors' round-up: 1 + ceil((size - 11) / 4) outputs.
   out = 1 + math.ceil((size - 11) / 4)
   pad = (out - 1) * 4 + 11 - size
   x = _conv(x, w["conv1.weight"], w["conv1.bias"], 4, ((0, pad), (0, pad)), 1)
-  x = _maxpool(lrn_loop(jax.nn.relu(x), towers, k, n, alpha, beta,
-                        convention), *pool)
+  x = _maxpool(norm(act(x)), *pool)
   x = _conv(x, w["conv2.weight"], w["conv2.bias"], 1, ((2, 2), (2, 2)),
             towers)
-  x = _maxpool(lrn_loop(jax.nn.relu(x), towers, k, n, alpha, beta,
-                        convention), *pool)
-  x = jax.nn.relu(_conv(x, w["conv3.weight"], w["conv3.bias"], 1,
-                        ((1, 1), (1, 1)), 1))
-  x = jax.nn.relu(_conv(x, w["conv4.weight"], w["conv4.bias"], 1,
-                        ((1, 1), (1, 1)), towers))
-  x = jax.nn.relu(_conv(x, w["conv5.weight"], w["conv5.bias"], 1,
-                        ((1, 1), (1, 1)), towers))
+  x = _maxpool(norm(act(x)), *pool)
+  x = act(_conv(x, w["conv3.weight"], w["conv3.bias"], 1, ((1, 1), (1, 1)),
+                1))
+  if "conv4.weight" in w:
+    x = act(_conv(x, w["conv4.weight"], w["conv4.bias"], 1,
+                  ((1, 1), (1, 1)), towers))
+  x = act(_conv(x, w["conv5.weight"], w["conv5.bias"], 1, ((1, 1), (1, 1)),
+                towers))
   x = _maxpool(x, *pool)
   x = x.reshape(x.shape[0], -1)  # channels-height-width, tower 0 first.
   hi = jax.lax.Precision.HIGHEST
-  x = jax.nn.relu(jnp.dot(x, w["fc6.weight"].T, precision=hi) + w["fc6.bias"])
-  if dropout_masks is not None:
-    x = x * dropout_masks[0]
-  x = jax.nn.relu(jnp.dot(x, w["fc7.weight"].T, precision=hi) + w["fc7.bias"])
-  if dropout_masks is not None:
-    x = x * dropout_masks[1]
+  x = act(jnp.dot(x, w["fc6.weight"].T, precision=hi) + w["fc6.bias"])
+  x = dropout(x, 0)
+  x = act(jnp.dot(x, w["fc7.weight"].T, precision=hi) + w["fc7.bias"])
+  x = dropout(x, 1)
   return jnp.dot(x, w["fc8.weight"].T, precision=hi) + w["fc8.bias"]

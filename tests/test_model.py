@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +14,8 @@ from alexnet_jax import weights
 from tests import helpers
 from tests import reference
 
-# Per-layer parameter shapes of PAPER.md §1 in the Caffe layout.
+# Per-layer parameter shapes of the paper's network (§3.5, Figure 2) in the
+# Caffe layout.
 PAPER_SHAPES = {
     "conv1.weight": (96, 3, 11, 11), "conv1.bias": (96,),
     "conv2.weight": (256, 48, 5, 5), "conv2.bias": (256,),
@@ -108,12 +110,23 @@ def test_caffe_init_option():
   assert abs(np.asarray(params["fc7"]["kernel"]).std() - 0.005) < 0.0003
 
 
-@functools.partial(jax.jit, static_argnames=("lrn", "pool"))
-def _reference_logits_and_grads(w, images, labels, *, lrn, pool):
+def _reference_options(config):
+  """reference.logits keyword arguments for a model config (hashable)."""
+  lrn = (config.lrn.convention, config.lrn.k, config.lrn.n, config.lrn.alpha,
+         config.lrn.beta) if config.lrn.enabled else None
+  return tuple(dict(
+      towers=config.num_towers, lrn=lrn,
+      pool=(config.pool_window, config.pool_stride),
+      activation=config.activation, dropout_rate=config.dropout_rate,
+      dropout_scaling=config.dropout_scaling).items())
+
+
+@functools.partial(jax.jit, static_argnames=("options",))
+def _reference_logits_and_grads(w, images, labels, *, options):
   """Reference logits and d(mean cross-entropy)/d(weights), Caffe layout."""
 
   def loss(w):
-    logits = reference.logits(w, images, lrn=lrn, pool=pool)
+    logits = reference.logits(w, images, **dict(options))
     log_probs = jax.nn.log_softmax(logits)
     return -jnp.mean(log_probs[jnp.arange(len(labels)), labels]), logits
 
@@ -121,23 +134,47 @@ def _reference_logits_and_grads(w, images, labels, *, lrn, pool):
   return logits, grads
 
 
-@pytest.mark.parametrize("mesh_shape,variant", [
-    (None, "paper"), ((1, 2), "paper"), ((2, 2), "paper"), ((2, 1), "paper"),
-    ((1, 2), "caffe_lrn_pool2"),
-])
-def test_model_equals_independent_reference(mesh_shape, variant):
-  """Logits, loss and gradients of the sharded model = the reference."""
+def _variant_config(variant):
   if variant == "paper":
-    config = helpers.tiny_model_config()
-  else:
+    return helpers.tiny_model_config()
+  if variant == "caffe_lrn_pool2":
     config = helpers.tiny_model_config(image_size=102, pool_window=2)
     config.lrn.update(convention="caffe", k=1.0, alpha=1e-3)
+    return config
+  if variant == "tanh_no_lrn_no_conv4_inverted":
+    # Caffe's smaller biases: the paper's biases of 1 (x 5 below) would
+    # saturate tanh and leave gradients of ~1e-20.
+    config = helpers.tiny_model_config(
+        activation="tanh", remove_conv4=True, dropout_scaling="inverted",
+        init="caffe")
+    config.lrn.enabled = False
+    return config
+  assert variant == "one_gpu"  # One tower, conv5 and fc at 2-tower totals.
+  return helpers.tiny_model_config(num_towers=1, conv_features=(6, 8, 12, 12,
+                                                                16),
+                                   fc_features=(32, 32))
+
+
+@pytest.mark.parametrize("mesh_shape,variant", [
+    (None, "paper"), ((1, 2), "paper"), ((2, 2), "paper"), ((2, 1), "paper"),
+    ((1, 2), "caffe_lrn_pool2"), ((1, 2), "tanh_no_lrn_no_conv4_inverted"),
+    ((2, 1), "one_gpu"),
+])
+def test_model_equals_independent_reference(mesh_shape, variant):
+  """Logits, loss and gradients of the sharded model = the reference.
+
+  At test time (train=False): dropout is the paper's x 0.5 (or nothing for
+  inverted dropout) in both.
+  """
+  config = _variant_config(variant)
   mesh = None if mesh_shape is None else parallel.make_mesh(*mesh_shape)
   params = model_lib.init_params(config, jax.random.key(0), mesh)
   # Bigger-than-init weights so every layer matters numerically.
   params = jax.tree.map(lambda p: p * 5.0, params)
   size = config.image_size
-  images = jax.random.normal(jax.random.key(1), (4, size, size, 3)) * 50
+  # Mean-subtracted pixels are ~50; tanh wants inputs that do not saturate.
+  gain = 1.0 if config.activation == "tanh" else 50.0
+  images = jax.random.normal(jax.random.key(1), (4, size, size, 3)) * gain
   labels = jnp.array([0, 3, 7, 9])
   apply = model_lib.make_apply(config, mesh)
 
@@ -148,12 +185,10 @@ def test_model_equals_independent_reference(mesh_shape, variant):
   got_logits = jax.jit(apply)(params, images)
   got_grads = jax.jit(jax.grad(loss))(params, images)
 
-  lrn = (config.lrn.convention, config.lrn.k, config.lrn.n, config.lrn.alpha,
-         config.lrn.beta)
-  pool = (config.pool_window, config.pool_stride)
   w = weights.to_caffe_layout(jax.device_get(params))
+  assert ("conv4.weight" in w) != config.remove_conv4
   want_logits, want_grads = _reference_logits_and_grads(
-      w, images, labels, lrn=lrn, pool=pool)
+      w, images, labels, options=_reference_options(config))
   assert float(jnp.std(want_logits)) > 0.1  # A non-degenerate comparison.
   np.testing.assert_allclose(got_logits, want_logits, rtol=2e-4, atol=2e-4)
   got_caffe = weights.to_caffe_layout(got_grads)
@@ -181,16 +216,83 @@ def test_dropout_masks_equal_across_meshes_and_differ_per_tower():
   np.testing.assert_allclose(outs[None], outs[(1, 2)], rtol=1e-5, atol=1e-6)
 
 
-def test_dropout_mask_statistics_per_tower_and_shard():
-  module = model_lib.AlexNet(towers_local=2, dropout_rate=0.5)
-  x = jnp.ones((8, 2 * 500))
+@pytest.mark.parametrize("scaling,kept_value,test_factor", [
+    ("paper", 1.0, 0.5), ("inverted", 2.0, 1.0)])
+def test_dropout_training_and_test_outputs(scaling, kept_value, test_factor):
+  """§4.2: training zeroes outputs unscaled, test multiplies by 0.5."""
+  module = model_lib.AlexNet(towers_local=2, dropout_rate=0.5,
+                             dropout_scaling=scaling)
+  x = jnp.ones((8, 2 * 500)) * 3.0
   y = module.apply({}, x, True, method=model_lib.AlexNet._dropout,
                    rngs={"dropout": jax.random.key(0)})
   kept = np.asarray(y) != 0
   assert 0.45 < kept.mean() < 0.55
-  np.testing.assert_allclose(np.asarray(y)[kept], 2.0)  # Inverted scaling.
+  np.testing.assert_allclose(np.asarray(y)[kept], 3.0 * kept_value)
   # The two towers' masks differ.
   assert (kept[:, :500] != kept[:, 500:]).mean() > 0.3
+  # Test time: every output, times 0.5 (paper) or 1 (inverted).
+  y = module.apply({}, x, False, method=model_lib.AlexNet._dropout)
+  np.testing.assert_array_equal(y, 3.0 * test_factor)
+
+
+def test_paper_dropout_at_test_time_is_inverted_with_halved_weights():
+  """x 0.5 after fc6 and fc7 at test time = halving fc7's and fc8's weights.
+
+  Checks the whole model's eval path (as used by evaluation and weights)
+  applies the factor after both layers, on two towers over two devices.
+  """
+  paper = helpers.tiny_model_config()
+  inverted = helpers.tiny_model_config(dropout_scaling="inverted")
+  mesh = parallel.make_mesh(1, 2)
+  params = jax.tree.map(lambda p: p * 5.0, model_lib.init_params(
+      paper, jax.random.key(0), mesh))
+  halved = {name: dict(layer, kernel=layer["kernel"] * 0.5)
+            if name in ("fc7", "fc8") else layer
+            for name, layer in params.items()}
+  images = jax.random.normal(jax.random.key(1), (4, 99, 99, 3)) * 50
+  got = jax.jit(model_lib.make_apply(paper, mesh))(params, images)
+  want = jax.jit(model_lib.make_apply(inverted, mesh))(halved, images)
+  assert float(jnp.std(want)) > 0.1
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("scaling", ["paper", "inverted"])
+def test_training_pass_equals_reference_with_the_models_masks(scaling):
+  """A train=True pass = the reference given the masks the model drew."""
+  config = helpers.tiny_model_config(dropout_scaling=scaling,
+                                     fc_features=(64, 64))
+  params = jax.tree.map(lambda p: p * 5.0, model_lib.init_params(
+      config, jax.random.key(0)))
+  images = jax.random.normal(jax.random.key(1), (4, 99, 99, 3)) * 50
+  module = model_lib.build(config)
+
+  def forward(params, images):
+    seen = []  # (input, output) of each dropout layer.
+
+    def record(next_fun, args, kwargs, context):
+      y = next_fun(*args, **kwargs)
+      if context.method_name == "_dropout":
+        seen.append((args[0], y))
+      return y
+
+    with nn.intercept_methods(record):
+      logits = module.apply({"params": params}, images, train=True,
+                            rngs={"dropout": jax.random.key(2)})
+    return logits, seen
+
+  got, seen = jax.jit(forward)(params, images)
+  masks = []
+  for x, y in jax.device_get(seen):
+    kept = (y != 0) | (x == 0)
+    assert 0.3 < kept.mean() < 0.8
+    masks.append(kept.astype(np.float32))
+  assert len(masks) == 2
+  w = weights.to_caffe_layout(params)
+  want = jax.jit(functools.partial(
+      reference.logits, **dict(_reference_options(config))))(
+          w, images, dropout_masks=masks)
+  assert float(jnp.std(want)) > 0.1
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():

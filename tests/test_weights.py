@@ -67,3 +67,25 @@ def test_wrong_key_or_shape_names_it(tmp_path, params):
                      match=r"'conv3.bias' has shape \(5,\), the model needs "
                            r"\(24,\)"):
     weights.import_npz(tmp_path / "bad_shape.npz", params)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(num_towers=1, conv_features=(6, 8, 12, 12, 16),
+         fc_features=(32, 32)),  # The one-GPU net's shape.
+    dict(remove_conv4=True),
+])
+def test_round_trip_of_the_ablation_nets(tmp_path, params, overrides):
+  config = helpers.tiny_model_config(**overrides)
+  ablated = jax.device_get(model_lib.init_params(config, jax.random.key(1)))
+  path = tmp_path / "w.npz"
+  weights.export_npz(path, ablated)
+  back = weights.import_npz(path, ablated)
+  jax.tree.map(np.testing.assert_array_equal, back, ablated)
+  if config.num_towers == 1:  # Ungrouped: conv2 reads all 6 conv1 maps.
+    assert weights.to_caffe_layout(ablated)["conv2.weight"].shape == (
+        8, 6, 5, 5)
+  else:  # A full model's file does not fit the net without conv4.
+    weights.export_npz(tmp_path / "full.npz", params)
+    with pytest.raises(weights.WeightsError,
+                       match=r"unexpected \['conv4.bias', 'conv4.weight'\]"):
+      weights.import_npz(tmp_path / "full.npz", ablated)
