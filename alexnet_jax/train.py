@@ -295,7 +295,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         progress.exclude(result["seconds"])
         _log_eval(writer, step, config.eval_split, "center", result)
         if config.optim.schedule == "plateau":
-          lr = plateau.update(result["top1_error"])
+          lr = _update_plateau(plateau, result["top1_error"], step,
+                               steps_per_epoch)
           state = state.replace(opt_state=optim.set_learning_rate(
               state.opt_state, lr))
       if is_ckpt:
@@ -314,6 +315,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  epochs=step / steps_per_epoch,
                  train_images_per_sec=progress.images_per_sec,
                  evaluations={})
+  if config.optim.schedule == "plateau":
+    # Each drop: epoch, step, the validation error that caused it, the
+    # window means compared and the new rate; the stop likewise (None:
+    # the run ended at num_epochs).
+    results["learning_rate_drops"] = plateau.drops
+    results["plateau_stop"] = plateau.stop
   for split in (config.eval_split, config.test_split):
     if not split:
       continue
@@ -338,6 +345,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
   return results
+
+
+def _update_plateau(plateau, val_error, step, steps_per_epoch):
+  """Feeds an evaluation to the plateau schedule; logs a drop or the stop."""
+  drops, was_done = len(plateau.drops), plateau.done
+  epoch = step / steps_per_epoch
+  old_lr = plateau.learning_rate
+  lr = plateau.update(val_error, epoch, step)
+  event = None
+  if plateau.done and not was_done:
+    event = plateau.stop
+  elif len(plateau.drops) > drops:
+    event = plateau.drops[-1]
+  if event is not None:
+    why = (f"validation top-1 error {100 * val_error:.2f}% at epoch "
+           f"{epoch:g}: mean {100 * event['mean_error']:.2f}% over the last "
+           f"{plateau.patience_epochs:g} epochs vs "
+           f"{100 * event['previous_mean_error']:.2f}% before (needs "
+           f"{100 * plateau.min_improvement:.2f}% lower)")
+    if plateau.done:
+      logging.info("plateau with all %d drops done, %s: stopping.", drops,
+                   why)
+    else:
+      logging.info("plateau, %s: learning rate %.3g -> %.3g (drop %d of "
+                   "%d).", why, old_lr, lr, len(plateau.drops),
+                   plateau.max_drops)
+  return lr
 
 
 def _log_train(writer, step, steps_per_epoch, metrics, rates):

@@ -6,6 +6,7 @@ the rest call `train.train_and_evaluate` in this process.
 """
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -171,6 +172,32 @@ def test_sigterm_saves_and_restores_on_another_mesh_and_ensembles(
   results = json.loads(output.read_text())["results"]["validation"]
   assert results["center"]["count"] == results["ten"]["count"] == 30
   assert "ten" in proc.stdout
+
+
+def test_plateau_drops_are_logged_and_recorded_and_the_run_stops(
+    smoke_dirs, tmp_path, caplog):
+  """A rule that always sees a plateau: a drop at epoch 2, the stop at 4."""
+  config = smoke_config(smoke_dirs, num_epochs=5)
+  config.optim.update(schedule="plateau", max_drops=1, patience_epochs=1,
+                      min_epochs_per_rate=1, min_improvement=1.0)
+  workdir = str(tmp_path / "plateau")
+  with caplog.at_level(logging.INFO):
+    results = train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["learning_rate_drops"] == results[
+        "learning_rate_drops"]
+  assert results["step"] == 20  # Stopped at epoch 4 of 5.
+  (drop,) = results["learning_rate_drops"]
+  assert (drop["epoch"], drop["step"]) == (2.0, 10)
+  assert drop["new_learning_rate"] == pytest.approx(0.002)  # 0.02 / 10.
+  assert 0.0 <= drop["val_error"] <= 1.0
+  assert drop["mean_error"] == drop["val_error"]  # A 1-epoch window.
+  assert (results["plateau_stop"]["epoch"],
+          results["plateau_stop"]["step"]) == (4.0, 20)
+  assert (f"validation top-1 error {100 * drop['val_error']:.2f}% at epoch "
+          "2") in caplog.text
+  assert "learning rate 0.02 -> 0.002 (drop 1 of 1)" in caplog.text
+  assert "plateau with all 1 drops done" in caplog.text
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
