@@ -230,11 +230,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   logging.info("mesh %s on %d %s devices, %d process(es)",
                dict(mesh.shape), mesh.devices.size, jax.default_backend(),
                jax.process_count())
-  save_workdir_config(config, workdir)
   data = Data(config, mesh)
   steps_per_epoch = data.steps_per_epoch
   total_steps = config.num_epochs * steps_per_epoch
-  writer = figures.SummaryWriter(workdir)
 
   state, shardings = steps.create_train_state(
       config, jax.random.key(config.seed), mesh, steps_per_epoch)
@@ -243,6 +241,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       save_interval_steps=config.checkpoint_every_steps)
   plateau = optim.PlateauSchedule.from_config(config.optim)
   state, extra = ckpt.restore_or(state, shardings)
+  # Written once the data and any checkpoint have been read: a run that
+  # fails to start leaves an existing workdir as it was.
+  save_workdir_config(config, workdir)
+  writer = figures.SummaryWriter(workdir)
   start_step = int(jax.device_get(state.step))
   if extra is not None:
     plateau.load_state_dict(extra["plateau"])
