@@ -63,7 +63,6 @@ import tempfile
 import time
 from typing import Any
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -72,6 +71,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from alexnet_jax import cli
 from alexnet_jax import hlo
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
@@ -881,42 +881,45 @@ def benchmark_input(num_images: int = 256, passes: int = 3,
 # Command line.
 # ---------------------------------------------------------------------------
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Optional config file with `model` and `optim` sections "
-    "(e.g. configs/ilsvrc2010.py:caffe_lrn); default: the paper's model and "
-    "optimizer (model.default_config(), optim.default_config()).",
-    lock_config=False)
-_BATCH = flags.DEFINE_list(
-    "batch_size", ["128"], "Global batch size, or a list of them to sweep "
-    "(e.g. 128,512,2048): the report adds the best one per mesh and dtype.")
-_MESHES = flags.DEFINE_string(
-    "meshes", "auto", "'auto' (1x1, 1x2, then larger data x model shapes "
-    "as the devices allow), a list like '1x1,1x2,2x2' (data x model), or "
-    "'none' (e.g. with --input only).")
-_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
-                            "Compute dtypes (model.dtype) to run.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (median reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first.")
-_CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", 2, "Fake CPU devices to make before JAX starts (the CPU "
-    "backend only; GPUs and TPUs are unaffected). 0: JAX's default (1).")
-_MATMUL = flags.DEFINE_integer(
-    "matmul_size", 4096, "Side of the float32 matmul that measures the CPU "
-    "peak.")
-_INPUT = flags.DEFINE_bool(
-    "input", False, "Also time the input pipeline on one core (needs "
-    "TensorFlow).")
-_PROFILE = flags.DEFINE_bool(
-    "profile", False, "Trace 2 steps per case and print the time per op "
-    "group (conv/matmul per layer, LRN, pooling, collectives, copies).")
-_PROFILE_DIR = flags.DEFINE_string(
-    "profile_dir", None, "Where --profile writes traces (default: a "
-    "temporary directory).")
-_INTERLEAVE = flags.DEFINE_bool(
-    "interleave", False, "Compile every case first, then time one step of "
-    "each in turn (all cases share the machine's load: the fair comparison "
-    "on a shared host; every case must fit in memory at once).")
-_JSON = flags.DEFINE_string("json", None, "Write the report here as JSON.")
+def define_flags() -> None:
+  """This tool's flags, defined only when it runs (other command lines of
+  the package define flags of the same names)."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Optional config file with `model` and `optim` sections "
+      "(e.g. configs/ilsvrc2010.py:caffe_lrn); default: the paper's model and "
+      "optimizer (model.default_config(), optim.default_config()).",
+      lock_config=False)
+  flags.DEFINE_list(
+      "batch_size", ["128"], "Global batch size, or a list of them to sweep "
+      "(e.g. 128,512,2048): the report adds the best one per mesh and dtype.")
+  flags.DEFINE_string(
+      "meshes", "auto", "'auto' (1x1, 1x2, then larger data x model shapes "
+      "as the devices allow), a list like '1x1,1x2,2x2' (data x model), or "
+      "'none' (e.g. with --input only).")
+  flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
+                    "Compute dtypes (model.dtype) to run.")
+  flags.DEFINE_integer("steps", 5, "Timed steps (median reported).")
+  flags.DEFINE_integer("warmup", 2, "Untimed steps first.")
+  flags.DEFINE_integer(
+      "cpu_devices", 2, "Fake CPU devices to make before JAX starts (the CPU "
+      "backend only; GPUs and TPUs are unaffected). 0: JAX's default (1).")
+  flags.DEFINE_integer(
+      "matmul_size", 4096, "Side of the float32 matmul that measures the CPU "
+      "peak.")
+  flags.DEFINE_bool(
+      "input", False, "Also time the input pipeline on one core (needs "
+      "TensorFlow).")
+  flags.DEFINE_bool(
+      "profile", False, "Trace 2 steps per case and print the time per op "
+      "group (conv/matmul per layer, LRN, pooling, collectives, copies).")
+  flags.DEFINE_string(
+      "profile_dir", None, "Where --profile writes traces (default: a "
+      "temporary directory).")
+  flags.DEFINE_bool(
+      "interleave", False, "Compile every case first, then time one step of "
+      "each in turn (all cases share the machine's load: the fair comparison "
+      "on a shared host; every case must fit in memory at once).")
+  flags.DEFINE_string("json", None, "Write the report here as JSON.")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -927,38 +930,40 @@ def default_config() -> ml_collections.ConfigDict:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CPU_DEVICES.value:  # Before JAX initializes a backend.
-    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
-  config = _CONFIG.value if _CONFIG.value is not None else default_config()
+    raise cli.UserError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  if f.cpu_devices:  # Before JAX initializes a backend.
+    jax.config.update("jax_num_cpu_devices", f.cpu_devices)
+  config = cli.config_value(f["config"]) or default_config()
   profile_dir = None
-  if _PROFILE.value:
-    profile_dir = _PROFILE_DIR.value or tempfile.mkdtemp(
+  if f.profile:
+    profile_dir = f.profile_dir or tempfile.mkdtemp(
         prefix="alexnet_benchmark_")
   try:
-    batch_sizes = [int(b) for b in _BATCH.value]
+    batch_sizes = [int(b) for b in f.batch_size]
   except ValueError:
     batch_sizes = []
   if not batch_sizes or min(batch_sizes) < 1:
-    raise app.UsageError(f"--batch_size={','.join(_BATCH.value)}: give "
-                         "positive integers, e.g. --batch_size=128,512.")
-  report = run(config, batch_sizes=batch_sizes, meshes=_MESHES.value,
-               dtypes=_DTYPES.value, steps=_STEPS.value,
-               warmup=_WARMUP.value, matmul_size=_MATMUL.value,
-               profile_dir=profile_dir, interleave=_INTERLEAVE.value,
+    raise cli.UserError(f"--batch_size={','.join(f.batch_size)}: give "
+                        "positive integers, e.g. --batch_size=128,512.")
+  report = run(config, batch_sizes=batch_sizes, meshes=f.meshes,
+               dtypes=f.dtypes, steps=f.steps,
+               warmup=f.warmup, matmul_size=f.matmul_size,
+               profile_dir=profile_dir, interleave=f.interleave,
                log=functools.partial(print, flush=True))
-  if _INPUT.value:
+  if f.input:
     report["input_pipeline"] = benchmark_input()
   report["load_average_end"] = os.getloadavg()
   report["command"] = " ".join(["python -m alexnet_jax.benchmark"] +
                                sys.argv[1:])
   print()
   print(format_report(report))
-  if _JSON.value:
-    with open(_JSON.value, "w", encoding="utf-8") as f:
-      json.dump(report, f, indent=2, default=float)
-    print(f"wrote {_JSON.value}")
+  if f.json:
+    with open(f.json, "w", encoding="utf-8") as out:
+      json.dump(report, out, indent=2, default=float)
+    print(f"wrote {f.json}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  define_flags()
+  cli.run(main)

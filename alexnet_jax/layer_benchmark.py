@@ -33,12 +33,12 @@ import functools
 import statistics
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax import cli
 from alexnet_jax import model as model_lib
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -340,12 +340,12 @@ def define_flags() -> None:
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise cli.UserError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   unknown = set(f.layers) - {"pool", "lrn", "conv1", "wgrad"}
   if unknown:
-    raise app.UsageError(f"--layers: unknown {sorted(unknown)}; choose from "
-                         "pool, lrn, conv1, wgrad.")
+    raise cli.UserError(f"--layers: unknown {sorted(unknown)}; choose from "
+                        "pool, lrn, conv1, wgrad.")
   print(f"{jax.default_backend()} ({jax.devices()[0].device_kind}), jax "
         f"{jax.__version__}, batch {f.batch_size}")
   run(f.batch_size, f.layers, f.dtypes, f.repeats,
@@ -354,4 +354,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)
