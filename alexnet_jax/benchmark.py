@@ -128,7 +128,7 @@ def forward_macs_per_image(config: ml_collections.ConfigDict
   def conv(size, out, kernel, inputs):
     return size * size * out * kernel * kernel * inputs
 
-  return {
+  macs = {
       "conv1": conv(sizes["conv1"], c1, 11, 3),
       "conv2": conv(sizes["conv2"], c2, 5, c1 // towers),
       "conv3": conv(sizes["conv3"], c3, 3, c2),
@@ -138,6 +138,10 @@ def forward_macs_per_image(config: ml_collections.ConfigDict
       "fc7": f6 * f7,
       "fc8": f7 * config.num_classes,
   }
+  if config.get("remove_conv4", False):  # conv5 reads conv3 (§7 ablation).
+    del macs["conv4"]
+    macs["conv5"] = conv(sizes["conv5"], c5, 3, c3 // towers)
+  return macs
 
 
 def _valid_taps(size: int, out: int, kernel: int, stride: int,
@@ -167,6 +171,8 @@ def forward_macs_without_padding(config: ml_collections.ConfigDict
   for name, kernel, stride in (("conv1", 11, 4), ("conv2", 5, 1),
                                ("conv3", 3, 1), ("conv4", 3, 1),
                                ("conv5", 3, 1)):
+    if name not in macs:
+      continue
     pad_low = 0 if name == "conv1" else (kernel - 1) // 2
     valid = _valid_taps(inputs[name], sizes[name], kernel, stride, pad_low)
     # Every tap is an equal share of the layer's multiply-adds.
