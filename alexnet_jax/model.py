@@ -387,8 +387,10 @@ class AlexNet(nn.Module):
     x = parallel.gather_towers(x, self.model_axis, axis=1)
     k7, b7 = fc("fc7", (towers, self.num_towers * f6, f7), (towers, f7))
     x = jnp.einsum("bi,tio->bto", x.astype(dt), k7.astype(dt))
-    x = x.reshape(batch, towers * f7) + b7.reshape(-1).astype(dt)
-    x = self._dropout(act(x), train)
+    x = act(x.reshape(batch, towers * f7) + b7.reshape(-1).astype(dt))
+    # The last hidden layer, Figure 4's feature space (`make_features`).
+    self.sow("intermediates", "features", x)
+    x = self._dropout(x, train)
 
     # fc8: each tower's fc7 units times its rows of the fc8 matrix; the
     # partial logits are summed across towers on every device.
@@ -549,6 +551,37 @@ def make_apply(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         params, images, rng)
 
   return apply
+
+
+def make_features(config: ml_collections.ConfigDict, mesh: Mesh | None = None
+                  ) -> Callable[[Any, Array], Array]:
+  """Returns `features(params, images) -> [B, num_towers * fc_features[1]]`.
+
+  The last hidden layer, the space of the paper's Figure 4 (§6.1): fc7 after
+  its nonlinearity (ReLU), before dropout, in eval mode; 4096 units in the
+  paper's model. Units are tower-major (tower 0's first) on every mesh; with
+  a mesh the result is sharded over `data` (examples) and the towers'
+  `model` axis (units). Call it inside `jax.jit`.
+  """
+  module = build(config, mesh)
+
+  def local_features(params, images):
+    _, state = module.apply({"params": params}, images, train=False,
+                            mutable=["intermediates"])
+    return state["intermediates"]["features"][0]
+
+  def features(params, images):
+    if mesh is None:
+      return local_features(params, images)
+    axis = parallel.tower_axis(mesh)
+    specs = (jax.tree.map(lambda _: parallel.P(), params) if axis is None
+             else parallel.param_specs(params))
+    return jax.shard_map(
+        local_features, mesh=mesh, in_specs=(specs, parallel.P(parallel.DATA)),
+        out_specs=parallel.P(parallel.DATA, axis), check_vma=True)(
+            params, images)
+
+  return features
 
 
 def param_shapes(config: ml_collections.ConfigDict) -> Any:

@@ -340,7 +340,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
        for k, v in results["baselines"].items()] +
       [("training", f"{results['train_images_per_sec']:.0f} images/s over "
         f"{step} steps")])
-  figures.write_conv1(writer, workdir, state.params, step)
+  # Figure 3 and each tower's color share (figures.color_summary).
+  results["conv1"] = figures.write_conv1(writer, workdir, state.params, step)
   writer.close()
   ckpt.close()
   if jax.process_index() == 0:

@@ -123,10 +123,44 @@ def test_results_json_table_and_pictures(uninterrupted):
   picture = np.asarray(Image.open(os.path.join(workdir, "conv1.png")))
   assert picture.shape == (2 * (11 * 4 + 1 + figures.LABEL_HEIGHT) + 8,
                            4 * (11 * 4 + 1), 3)
+  # Each tower's color share (Figure 3's split) is in results.json.
+  shares = saved["conv1"]["tower_mean"]
+  assert len(shares) == 2 and all(0.0 <= v <= 1.0 for v in shares)
+  assert np.shape(saved["conv1"]["per_kernel"]) == (2, 4)
   assert any(name.startswith("events.out.tfevents")
              for name in os.listdir(workdir))
   config = train.load_workdir_config(workdir)
   assert config.model.conv_features == (4, 8, 8, 8, 8)
+
+
+def test_neighbors_command_on_the_smoke_run(uninterrupted, tmp_path):
+  """Figure 4 on the smoke run: the same numbers on 2x1 and 1x2 meshes."""
+  workdir, _ = uninterrupted
+  results = []
+  for mesh_model in (1, 2):
+    out = str(tmp_path / f"model{mesh_model}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.neighbors", f"--workdir={workdir}",
+         f"--output_dir={out}", f"--mesh_model={mesh_model}", "--show=4"],
+        cwd=helpers.REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"wrote {out}/neighbors.png" in proc.stdout
+    with open(os.path.join(out, "neighbors.json")) as f:
+      results.append(json.load(f))
+    # 4 rows: the query, 6 feature and 6 pixel neighbours (64x64 crops in
+    # 68-pixel cells, 2 gaps of 12), under a 20-pixel header.
+    picture = np.asarray(Image.open(os.path.join(out, "neighbors.png")))
+    assert picture.shape == (20 + 4 * 68, 13 * 68 + 2 * 12, 3)
+  first = results[0]
+  # 30 test images, 80 training images, fc7 of 2 towers x 16 units.
+  assert (first["queries"], first["train_images"], first["feature_dim"]) == (
+      30, 80, 32)
+  assert 0.0 <= first["feature_same_label"] <= 1.0
+  assert 0.0 <= first["pixel_same_label"] <= 1.0
+  assert np.shape(first["shown"]["feature_neighbor_labels"]) == (4, 6)
+  for r in results:
+    r.pop("seconds")
+  assert results[0] == results[1]
 
 
 def test_killed_and_resumed_equals_uninterrupted(smoke_dirs, uninterrupted,
