@@ -75,3 +75,40 @@ def mini_builder(mini_manual_dir, tmp_path_factory):
       num_workers=2,
   )
   return data.prepare(builder)
+
+
+# =============================================================================
+# The `configs/demo.py:smoke` data set and one complete smoke run of the
+# command line, shared by test_train.py and test_user_errors.py (and every
+# other test of the training program). The helpers they use are in
+# tests/helpers.py (smoke_config, run_main, final_params).
+# =============================================================================
+
+
+@pytest.fixture(scope="session")
+def smoke_dirs(tmp_path_factory):
+  """Generates and prepares the smoke data once: (data_dir, manual_dir)."""
+  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import parallel
+  from alexnet_jax import train
+  from tests import helpers
+
+  root = tmp_path_factory.mktemp("smoke_data")
+  dirs = (str(root / "tfds"), str(root / "manual"))
+  train.Data(helpers.smoke_config(dirs), parallel.make_mesh(1, 2))
+  return dirs
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(smoke_dirs, tmp_path_factory):
+  """A complete smoke run of the command line: (workdir, log).
+
+  A subprocess like the interrupted runs of test_train.py, so that all of
+  them run the same compiled programs (the test process has 4 fake devices,
+  the command 2), and their parameters can be compared exactly. Never
+  change this workdir: copy it.
+  """
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  return workdir, helpers.run_main(smoke_dirs, workdir).stdout

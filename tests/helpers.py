@@ -1,4 +1,4 @@
-"""Small shared pieces for the tests (tiny configs, subprocess runner)."""
+"""Small shared pieces for the tests (tiny configs, subprocess runners)."""
 
 from __future__ import annotations
 
@@ -52,3 +52,69 @@ def run_in_subprocess(code: str, num_devices: int, timeout: float = 300,
       f"subprocess failed (rc {proc.returncode}):\n{proc.stdout}\n"
       f"{proc.stderr}")
   return proc
+
+
+# --- The training program on the `configs/demo.py:smoke` data set (the
+# session fixtures `smoke_dirs` and `uninterrupted` in tests/conftest.py). ---
+
+
+def smoke_config(dirs, arg: str = "smoke", **overrides):
+  """configs/demo.py:`arg` reading the smoke data in `dirs`."""
+  from configs import demo  # pylint: disable=g-import-not-at-top
+
+  config = demo.get_config(arg)
+  config.data_dir, config.manual_dir = dirs
+  config.update(overrides)
+  return config
+
+
+def main_command(dirs, workdir, *flags, config="configs/demo.py:smoke"):
+  return [sys.executable, "-m", "alexnet_jax.main", f"--config={config}",
+          f"--workdir={workdir}", f"--config.data_dir={dirs[0]}",
+          f"--config.manual_dir={dirs[1]}", *flags]
+
+
+def start_main(dirs, workdir, *flags, log: str,
+               config="configs/demo.py:smoke") -> subprocess.Popen:
+  """Starts the command line; its stdout and stderr go to the file `log`.
+
+  A file, not a pipe: a process that logs more than a pipe holds while
+  nobody reads it would block.
+  """
+  with open(log, "w") as f:
+    return subprocess.Popen(main_command(dirs, workdir, *flags, config=config),
+                            cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def read(path: str) -> str:
+  with open(path) as f:
+    return f.read()
+
+
+def run_main(dirs, workdir, *flags, config="configs/demo.py:smoke",
+             check=True, log: str | None = None
+             ) -> subprocess.CompletedProcess[str]:
+  """Runs the command line to its end (output: stdout and stderr, merged).
+
+  The output goes to the file `log` (default: `workdir` + ".log").
+  """
+  log = log or workdir.rstrip("/") + ".log"
+  proc = start_main(dirs, workdir, *flags, log=log, config=config)
+  proc.wait(timeout=600)
+  out = read(log)
+  if check:
+    assert proc.returncode == 0, out
+  return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+def final_params(workdir, config, mesh_shape=(1, 2)):
+  """(host parameters, step) of the latest checkpoint in `workdir`."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from alexnet_jax import evaluation
+  from alexnet_jax import parallel
+
+  mesh = parallel.make_mesh(*mesh_shape)
+  params, step = evaluation.restore_params(workdir, config, mesh)
+  return jax.device_get(params), step

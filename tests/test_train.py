@@ -25,50 +25,25 @@ from alexnet_jax import figures
 from alexnet_jax import parallel
 from alexnet_jax import train
 from alexnet_jax import weights
-from configs import demo
+from tests import conftest
 from tests import helpers
 
 
-@pytest.fixture(scope="session")
-def smoke_dirs(tmp_path_factory):
-  """Generates and prepares the smoke data once: (data_dir, manual_dir)."""
-  root = tmp_path_factory.mktemp("smoke_data")
-  dirs = (str(root / "tfds"), str(root / "manual"))
-  config = smoke_config(dirs)
-  train.Data(config, parallel.make_mesh(1, 2))
-  return dirs
+smoke_config = helpers.smoke_config
+final_params = helpers.final_params
+run_main = helpers.run_main
 
 
-def smoke_config(dirs, **overrides):
-  config = demo.get_config("smoke")
-  config.data_dir, config.manual_dir = dirs
-  config.update(overrides)
-  return config
+def __getattr__(name):
+  # `test_train.smoke_dirs` for modules written when the fixture lived
+  # here; it is in tests/conftest.py now, and a module that binds it to a
+  # name of its own prepares a second copy of the data.
+  if name in ("smoke_dirs", "uninterrupted"):
+    return getattr(conftest, name)
+  raise AttributeError(name)
 
 
-def main_command(dirs, workdir, *flags, config="configs/demo.py:smoke"):
-  return [sys.executable, "-m", "alexnet_jax.main", f"--config={config}",
-          f"--workdir={workdir}", f"--config.data_dir={dirs[0]}",
-          f"--config.manual_dir={dirs[1]}", *flags]
-
-
-def run_main(dirs, workdir, *flags, config="configs/demo.py:smoke",
-             check=True):
-  proc = subprocess.run(main_command(dirs, workdir, *flags, config=config),
-                        cwd=helpers.REPO_ROOT, capture_output=True,
-                        text=True, timeout=600)
-  if check:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-  return proc
-
-
-def start_main(dirs, workdir, *flags):
-  return subprocess.Popen(main_command(dirs, workdir, *flags),
-                          cwd=helpers.REPO_ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for_checkpoint(workdir, proc, timeout=300):
+def wait_for_checkpoint(workdir, proc, log, timeout=300):
   """Waits until the run has committed its first checkpoint."""
   ckpt_dir = os.path.join(workdir, "checkpoints")
   deadline = time.time() + timeout
@@ -78,27 +53,29 @@ def wait_for_checkpoint(workdir, proc, timeout=300):
             os.path.join(ckpt_dir, name, "commit_success.txt"))
         for name in os.listdir(ckpt_dir)):
       return
-    assert proc.poll() is None, proc.stdout.read()
+    assert proc.poll() is None, helpers.read(log)
     time.sleep(0.2)
   raise TimeoutError("no checkpoint appeared")
 
 
-def final_params(workdir, config):
-  mesh = parallel.make_mesh(1, 2)
-  params, step = evaluation.restore_params(workdir, config, mesh)
-  return jax.device_get(params), step
+def scalars(workdir, tag):
+  """{step: value} of a TensorBoard scalar over all event files in workdir.
 
-
-@pytest.fixture(scope="session")
-def uninterrupted(smoke_dirs, tmp_path_factory):
-  """A complete smoke run of the command line: (workdir, stdout).
-
-  A subprocess like the interrupted runs below, so that all of them run the
-  same compiled programs (the test process has 4 fake devices, the command
-  2), and their parameters can be compared exactly.
+  A resumed run writes a second event file; the later file wins.
   """
-  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  return workdir, run_main(smoke_dirs, workdir).stdout
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  values = {}
+  for name in sorted(os.listdir(workdir),
+                     key=lambda n: os.path.getmtime(os.path.join(workdir, n))):
+    if not name.startswith("events.out.tfevents"):
+      continue
+    for event in tf.compat.v1.train.summary_iterator(
+        os.path.join(workdir, name)):
+      for value in event.summary.value:
+        if value.tag == tag:
+          values[event.step] = value.simple_value
+  return values
 
 
 def test_results_json_table_and_pictures(uninterrupted):
@@ -163,36 +140,64 @@ def test_neighbors_command_on_the_smoke_run(uninterrupted, tmp_path):
   assert results[0] == results[1]
 
 
+def test_steps_schedule_rates_in_a_real_run(uninterrupted):
+  """The smoke run (optim.schedule=steps): 0.02, /10 after epoch 1 (step 5).
+
+  The rate each logged step used, as the program recorded it.
+  """
+  assert scalars(uninterrupted[0], "train/learning_rate") == pytest.approx(
+      {2: 0.02, 4: 0.02, 6: 0.002, 8: 0.002, 10: 0.002})
+
+
 def test_killed_and_resumed_equals_uninterrupted(smoke_dirs, uninterrupted,
                                                  tmp_path):
-  """SIGKILL after the first checkpoint, rerun: same final parameters."""
+  """SIGKILL after the first checkpoint, rerun: resumes, same parameters."""
   workdir = str(tmp_path / "killed")
-  proc = start_main(smoke_dirs, workdir)
-  wait_for_checkpoint(workdir, proc)
-  proc.kill()  # SIGKILL: no chance to save anything more.
-  proc.wait()
+  log = str(tmp_path / "killed.log")
+  proc = helpers.start_main(smoke_dirs, workdir, log=log)
+  try:
+    wait_for_checkpoint(workdir, proc, log)
+  finally:
+    proc.kill()  # SIGKILL: no chance to save anything more.
+    proc.wait()
   killed_at = checkpoint.Checkpointer(workdir).latest_step()
-  assert killed_at is not None and killed_at < 10
-  run_main(smoke_dirs, workdir)  # The same command resumes.
+  assert killed_at is not None and 0 < killed_at < 10
+  out = run_main(smoke_dirs, workdir).stdout  # The same command resumes.
+  # ... from the killed step, not from step 0 (the smoke run is
+  # deterministic: a restart would end with the same bits).
+  assert f"resumed from step {killed_at} in " in out, out
+  assert f"training steps {killed_at}..10 " in out, out
   config = smoke_config(smoke_dirs)
   resumed, step = final_params(workdir, config)
   expected, expected_step = final_params(uninterrupted[0], config)
   assert step == expected_step == 10
   # Bit-identical: same data, dropout masks, momentum and schedule.
   jax.tree.map(np.testing.assert_array_equal, resumed, expected)
+  # The rates after the resume follow the schedule too.
+  rates = scalars(workdir, "train/learning_rate")
+  want = scalars(uninterrupted[0], "train/learning_rate")
+  assert {s: v for s, v in rates.items() if s > killed_at} == pytest.approx(
+      {s: v for s, v in want.items() if s > killed_at})
 
 
 def test_sigterm_saves_and_restores_on_another_mesh_and_ensembles(
     smoke_dirs, uninterrupted, tmp_path):
   workdir = str(tmp_path / "sigterm")
-  proc = start_main(smoke_dirs, workdir, "--config.num_epochs=200")
-  wait_for_checkpoint(workdir, proc)
-  proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
+  log = str(tmp_path / "sigterm.log")
+  proc = helpers.start_main(smoke_dirs, workdir, "--config.num_epochs=200",
+                            log=log)
+  try:
+    wait_for_checkpoint(workdir, proc, log)
+    proc.send_signal(signal.SIGTERM)  # To the child, never to pytest.
+    proc.wait(timeout=120)
+  finally:
+    proc.kill()
+  out = helpers.read(log)
   assert proc.returncode == 0, out
   assert "stopped by a signal" in out
   stopped_at = checkpoint.Checkpointer(workdir).latest_step()
   assert 4 <= stopped_at < 1000
+  assert f"saved step {stopped_at};" in out
   # Trained on 2 devices (model=2), evaluated on 1 device holding both
   # towers; an ensemble with the uninterrupted run.
   output = tmp_path / "eval.json"
@@ -208,43 +213,65 @@ def test_sigterm_saves_and_restores_on_another_mesh_and_ensembles(
   assert "ten" in proc.stdout
 
 
-def test_plateau_drops_are_logged_and_recorded_and_the_run_stops(
-    smoke_dirs, tmp_path, caplog):
+def _plateau_config(smoke_dirs, num_epochs):
   """A rule that always sees a plateau: a drop at epoch 2, the stop at 4."""
-  config = smoke_config(smoke_dirs, num_epochs=5)
+  config = smoke_config(smoke_dirs, num_epochs=num_epochs, log_every_steps=1)
   config.optim.update(schedule="plateau", max_drops=1, patience_epochs=1,
                       min_epochs_per_rate=1, min_improvement=1.0)
+  return config
+
+
+def test_plateau_drops_are_logged_and_recorded_survive_a_resume_and_stop(
+    smoke_dirs, tmp_path, caplog):
+  """The paper's schedule end to end, stopped after the drop and resumed.
+
+  The first run ends at epoch 3, after the drop at epoch 2; the second,
+  allowed 5 epochs, resumes at step 15 with the plateau's state (rate,
+  drops, window) and stops on the plateau at epoch 4.
+  """
   workdir = str(tmp_path / "plateau")
   with caplog.at_level(logging.INFO):
-    results = train.train_and_evaluate(config, workdir)
+    first = train.train_and_evaluate(_plateau_config(smoke_dirs, 3), workdir)
+  assert first["step"] == 15 and first["plateau_stop"] is None
+  assert "learning rate 0.02 -> 0.002 (drop 1 of 1)" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    results = train.train_and_evaluate(_plateau_config(smoke_dirs, 5),
+                                       workdir)
+  assert "resumed from step 15" in caplog.text
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["learning_rate_drops"] == results[
         "learning_rate_drops"]
   assert results["step"] == 20  # Stopped at epoch 4 of 5.
   (drop,) = results["learning_rate_drops"]
+  assert drop == first["learning_rate_drops"][0]
   assert (drop["epoch"], drop["step"]) == (2.0, 10)
   assert drop["new_learning_rate"] == pytest.approx(0.002)  # 0.02 / 10.
   assert 0.0 <= drop["val_error"] <= 1.0
   assert drop["mean_error"] == drop["val_error"]  # A 1-epoch window.
   assert (results["plateau_stop"]["epoch"],
           results["plateau_stop"]["step"]) == (4.0, 20)
-  assert (f"validation top-1 error {100 * drop['val_error']:.2f}% at epoch "
-          "2") in caplog.text
-  assert "learning rate 0.02 -> 0.002 (drop 1 of 1)" in caplog.text
   assert "plateau with all 1 drops done" in caplog.text
+  # The rate of every step, both runs: 0.02 up to the drop, then 0.002.
+  rates = scalars(workdir, "train/learning_rate")
+  assert rates == pytest.approx(
+      {s: 0.02 if s <= 10 else 0.002 for s in range(1, 21)})
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
-    smoke_dirs, tmp_path):
+    smoke_dirs, tmp_path, caplog):
   workdir = str(tmp_path / "nan")
   train.train_and_evaluate(smoke_config(smoke_dirs, num_epochs=1), workdir)
   assert checkpoint.Checkpointer(workdir).latest_step() == 5
-  config = smoke_config(smoke_dirs, num_epochs=2)
+  config = smoke_config(smoke_dirs, num_epochs=2, log_every_steps=1)
   config.optim.learning_rate = 1e30
-  with pytest.raises(train.TrainingError,
-                     match=r"loss is (nan|inf) at step \d+.*step 5\) is "
-                           r"kept"):
+  # Resumed at step 5: step 6 uses the rate (its loss is still finite),
+  # step 7's loss is not.
+  with caplog.at_level(logging.INFO), pytest.raises(
+      train.TrainingError,
+      match=r"loss is (nan|inf) at step 7: .*step 5\) is kept"):
     train.train_and_evaluate(config, workdir)
+  assert "resumed from step 5" in caplog.text
   assert checkpoint.Checkpointer(workdir).latest_step() == 5
 
 
@@ -267,11 +294,26 @@ def test_bad_flags_and_missing_data_give_clear_errors(
   proc = run_main(dirs, str(tmp_path / "wd"), *flags, config=config,
                   check=False)
   assert proc.returncode != 0
-  assert message in proc.stderr, proc.stderr
+  assert message in proc.stdout, proc.stdout
   if "configs/" in config and "nonsense" not in config and (
       "batch_sizee" not in flags[0]):
     # Errors the user can act on come without a Python traceback.
-    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stdout, proc.stdout
+
+
+def _wait_all(procs, logs, timeout=600):
+  """Waits for every process; checks rc 0; returns their outputs."""
+  deadline = time.time() + timeout
+  try:
+    for p in procs:
+      p.wait(timeout=max(1.0, deadline - time.time()))
+  finally:
+    for p in procs:
+      p.kill()
+  outputs = [helpers.read(log) for log in logs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out
+  return outputs
 
 
 def _free_port():
@@ -291,13 +333,13 @@ def test_two_processes_on_loopback_match_one_process(smoke_dirs,
   """
   workdir = str(tmp_path / "two_processes")
   port = _free_port()
-  procs = [start_main(smoke_dirs, workdir, "--config.cpu_devices=1",
-                      f"--coordinator_address=127.0.0.1:{port}",
-                      "--num_processes=2", f"--process_id={i}")
+  logs = [str(tmp_path / f"process{i}.log") for i in range(2)]
+  procs = [helpers.start_main(smoke_dirs, workdir, "--config.cpu_devices=1",
+                              f"--coordinator_address=127.0.0.1:{port}",
+                              "--num_processes=2", f"--process_id={i}",
+                              log=logs[i])
            for i in range(2)]
-  outputs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out
+  outputs = _wait_all(procs, logs)
   assert "process 0 of 2" in outputs[0] and "process 1 of 2" in outputs[1]
   config = smoke_config(smoke_dirs)
   got, step = final_params(workdir, config)
@@ -334,3 +376,43 @@ def test_evaluate_imported_npz_equals_its_checkpoint(smoke_dirs,
   assert got["top1_error"] == want["top1_error"]
   assert got["top5_error"] == want["top5_error"]
   np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+
+
+def test_two_processes_reading_different_data_match_one_process(
+    smoke_dirs, tmp_path):
+  """mesh.data=2 over two processes: each reads its half of every batch.
+
+  Together they must train on exactly the batches of one process holding
+  both data rows (run here, in-process, on the same 2 x 1 mesh): if both
+  read the same half, or the halves overlapped, every step would differ.
+  """
+  flags = ("--config.mesh.data=2", "--config.mesh.model=1")
+  workdir = str(tmp_path / "two_processes")
+  port = _free_port()
+  logs = [str(tmp_path / f"process{i}.log") for i in range(2)]
+  procs = [helpers.start_main(smoke_dirs, workdir, "--config.cpu_devices=1",
+                              f"--coordinator_address=127.0.0.1:{port}",
+                              "--num_processes=2", f"--process_id={i}",
+                              *flags, log=logs[i])
+           for i in range(2)]
+  one_workdir = str(tmp_path / "one_process")
+  config = smoke_config(smoke_dirs)
+  config.mesh.update(data=2, model=1)
+  one = train.train_and_evaluate(config, one_workdir)
+  outputs = _wait_all(procs, logs)
+  assert "process 1 of 2" in outputs[1]
+  got, step = final_params(workdir, config)
+  expected, _ = final_params(one_workdir, config)
+  assert step == one["step"] == 10
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-6),
+               got, expected)
+  with open(os.path.join(workdir, "results.json")) as f:
+    two = json.load(f)
+  # The evaluations: each process evaluates its half of every batch.
+  for split in ("validation", "test"):
+    for crops in ("center", "ten"):
+      a, b = two["evaluations"][split][crops], one["evaluations"][split][crops]
+      assert a["count"] == b["count"] == 30
+      assert a["top1_error"] == b["top1_error"]
+      np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -143,20 +144,50 @@ CASES = [
      [SMOKE, "--npz=wrong_shape"], ["conv2"]),
     ("evaluate: not an npz", "evaluate", [SMOKE, "--npz=not_npz"],
      ["not a readable .npz"]),
+    # TRAINED: a copy of the trained smoke workdir (conftest.uninterrupted);
+    # DAMAGED: the same copy, its latest checkpoint's largest files cut in
+    # half after it was written.
+    ("checkpoint of another model", "main",
+     [SMOKE, "--workdir=TRAINED", "--config.model.fc_features=(32,32)"],
+     ["different model", "TRAINED"]),
+    ("checkpoint damaged after it was written", "main",
+     [SMOKE, "--workdir=DAMAGED"], ["step 10", "DAMAGED", "damaged"]),
 ]
+
+
+def trained_workdir(request, tmp_path, damaged: bool) -> tuple[str, list]:
+  """A copy of the trained smoke workdir; the flags that read its data."""
+  smoke_dirs = request.getfixturevalue("smoke_dirs")
+  source = request.getfixturevalue("uninterrupted")[0]
+  path = str(tmp_path / ("damaged" if damaged else "trained"))
+  shutil.copytree(source, path)  # Never change the shared one.
+  if damaged:
+    step_dir = os.path.join(path, "checkpoints", "10")
+    files = sorted((os.path.getsize(os.path.join(d, f)), os.path.join(d, f))
+                   for d, _, names in os.walk(step_dir) for f in names)
+    for size, file in files[-3:]:
+      os.truncate(file, size // 2)
+  return path, [f"--config.data_dir={smoke_dirs[0]}",
+                f"--config.manual_dir={smoke_dirs[1]}"]
 
 
 @pytest.mark.parametrize("name,module,args,needles", CASES,
                          ids=[c[0] for c in CASES])
-def test_user_error(tmp_path, workdir, name, module, args, needles):
+def test_user_error(request, tmp_path, workdir, name, module, args, needles):
   del name
-  before = tree_digest(str(workdir))
   (tmp_path / "a_file").write_text("")
   (tmp_path / "empty").mkdir()
   fill = {"WORKDIR": str(workdir), "FILE": str(tmp_path / "a_file"),
           "EMPTY": str(tmp_path / "empty"),
           "NOFILE": str(tmp_path / "none.npz")}
   args = list(args)
+  for key in ("TRAINED", "DAMAGED"):
+    if f"--workdir={key}" in args:
+      fill[key], data_flags = trained_workdir(request, tmp_path,
+                                              key == "DAMAGED")
+      workdir = fill[key]
+      args += data_flags
+  before = tree_digest(str(workdir))
   for i, arg in enumerate(args):
     if arg.startswith("--npz=") and arg[6:] in ("wrong_keys", "wrong_shape",
                                                 "not_npz"):
