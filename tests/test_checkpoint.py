@@ -369,6 +369,19 @@ def _check_preemption_flag():
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C after that: stop now.
       os.kill(os.getpid(), signal.SIGINT)
       time.sleep(5)
+  # Ctrl-C alone is a request to stop at the next step, like SIGTERM
+  # (Python's default handler would raise at once); only a second Ctrl-C
+  # raises.
+  before = signal.getsignal(signal.SIGINT)
+  with checkpoint.PreemptionFlag() as preemption:
+    assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    os.kill(os.getpid(), signal.SIGINT)
+    assert _wait_for(lambda: preemption.requested)
+    assert preemption.should_stop(1)
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(5)
+  assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_extra_must_be_json(tmp_path):

@@ -110,8 +110,22 @@ def mini_stats(mini_builder):
 # --------------------------------------------------------------------------
 
 
-def test_tensorflow_sees_no_accelerator():
+def test_tensorflow_sees_no_accelerator(monkeypatch):
   assert tf.config.get_visible_devices("GPU") == []
+  # The check above passes on any machine without a GPU; what the module
+  # does on one with a GPU or TPU is to hide them (an empty device list).
+  calls = []
+  monkeypatch.setattr(tf.config, "set_visible_devices",
+                      lambda devices, kind: calls.append((devices, kind)))
+  ip._hide_accelerators_from_tensorflow()  # pylint: disable=protected-access
+  assert calls == [([], "GPU"), ([], "TPU")]
+
+  def too_late(devices, kind):
+    raise RuntimeError(f"{kind} already initialized")
+
+  # TensorFlow initialized before the import: a warning, not a crash.
+  monkeypatch.setattr(tf.config, "set_visible_devices", too_late)
+  ip._hide_accelerators_from_tensorflow()  # pylint: disable=protected-access
 
 
 # --------------------------------------------------------------------------

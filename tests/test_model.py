@@ -299,12 +299,35 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   config = helpers.tiny_model_config(dtype="bfloat16")
   params = model_lib.init_params(config, jax.random.key(0))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-  images = jax.random.normal(jax.random.key(1), (2, 99, 99, 3)) * 50
-  logits = jax.jit(model_lib.make_apply(config))(params, images)
+  # He-scaled weights and no biases: every layer passes its input's scale
+  # on, so the logits are O(1) and depend on every layer (at the paper's
+  # init they are below 0.1, and anything small would pass a loose check).
+  keys = iter(jax.random.split(jax.random.key(3), 16))
+  params = {
+      name: {"kernel": jax.random.normal(next(keys), p["kernel"].shape) *
+                       np.sqrt(2.0 / np.prod(p["kernel"].shape[1:-1])),
+             "bias": jnp.zeros_like(p["bias"])}
+      for name, p in params.items()}
+  images = jax.random.normal(jax.random.key(1), (4, 99, 99, 3)) * 50
+  bf16 = jax.jit(model_lib.make_apply(config))
+  f32 = jax.jit(model_lib.make_apply(helpers.tiny_model_config()))
+  logits = bf16(params, images)
   assert logits.dtype == jnp.float32
-  f32 = jax.jit(model_lib.make_apply(helpers.tiny_model_config()))(
-      params, images)
-  np.testing.assert_allclose(logits, f32, rtol=0.05, atol=0.05)
+  want = f32(params, images)
+  scale = float(jnp.std(want))
+  assert scale > 1.0
+  # bfloat16 keeps 8 bits of mantissa: a few percent of the logits' scale.
+  tolerance = 0.05 * scale
+  np.testing.assert_allclose(logits, want, rtol=0, atol=tolerance)
+  # The tolerance is far below what a wrong computation changes: any one
+  # layer zeroed, or an all-zero image, moves the logits well beyond it.
+  for layer in ("conv1", "conv3", "conv5", "fc7"):
+    broken = dict(params)
+    broken[layer] = jax.tree.map(jnp.zeros_like, params[layer])
+    assert float(jnp.max(jnp.abs(f32(broken, images) - want))) > (
+        4 * tolerance), layer
+  assert float(jnp.max(jnp.abs(f32(params, jnp.zeros_like(images)) - want))
+               ) > 4 * tolerance
 
 
 def test_wrong_image_size_is_a_clear_error():
