@@ -22,6 +22,7 @@ import pytest
 from alexnet_jax import checkpoint
 from alexnet_jax import evaluation
 from alexnet_jax import figures
+from alexnet_jax import input_pipeline
 from alexnet_jax import parallel
 from alexnet_jax import train
 from alexnet_jax import weights
@@ -379,13 +380,19 @@ def test_evaluate_imported_npz_equals_its_checkpoint(smoke_dirs,
 
 
 def test_two_processes_reading_different_data_match_one_process(
-    smoke_dirs, tmp_path):
+    smoke_dirs, tmp_path, monkeypatch):
   """mesh.data=2 over two processes: each reads its half of every batch.
 
-  Together they must train on exactly the batches of one process holding
-  both data rows (run here, in-process, on the same 2 x 1 mesh): if both
-  read the same half, or the halves overlapped, every step would differ.
+  Each process reads its own part of the training split (TFDS's
+  per-process split) and its half of every evaluation batch. The reference
+  runs here, in one process on the same 2 x 1 mesh, with global batches
+  made of what process 0 and process 1 read: the two-process run must
+  train on exactly those. Had both processes read the same examples (or
+  overlapping halves), every step would differ; its evaluations must equal
+  the one-process evaluation of all images.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   flags = ("--config.mesh.data=2", "--config.mesh.model=1")
   workdir = str(tmp_path / "two_processes")
   port = _free_port()
@@ -395,6 +402,18 @@ def test_two_processes_reading_different_data_match_one_process(
                               "--num_processes=2", f"--process_id={i}",
                               *flags, log=logs[i])
            for i in range(2)]
+  make_train_dataset = input_pipeline.make_train_dataset
+
+  def two_processes_data(builder, **kwargs):
+    assert kwargs["process_count"] == 1  # This one process reads it all.
+    parts = [make_train_dataset(builder, **dict(kwargs, process_index=i,
+                                                process_count=2))
+             for i in range(2)]
+    return tf.data.Dataset.zip(tuple(parts)).map(
+        lambda a, b: {k: tf.concat([a[k], b[k]], 0) for k in a})
+
+  monkeypatch.setattr(input_pipeline, "make_train_dataset",
+                      two_processes_data)
   one_workdir = str(tmp_path / "one_process")
   config = smoke_config(smoke_dirs)
   config.mesh.update(data=2, model=1)
@@ -404,12 +423,13 @@ def test_two_processes_reading_different_data_match_one_process(
   got, step = final_params(workdir, config)
   expected, _ = final_params(one_workdir, config)
   assert step == one["step"] == 10
+  # Other compiled programs (cross-process collectives): equal up to float
+  # rounding, far below what one different example would change.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
                                                        atol=1e-6),
                got, expected)
   with open(os.path.join(workdir, "results.json")) as f:
     two = json.load(f)
-  # The evaluations: each process evaluates its half of every batch.
   for split in ("validation", "test"):
     for crops in ("center", "ten"):
       a, b = two["evaluations"][split][crops], one["evaluations"][split][crops]
