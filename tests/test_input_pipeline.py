@@ -267,6 +267,29 @@ def test_images_of_any_size_are_rescaled_and_center_cropped():
     assert (dominant[219:] == 2).all()
 
 
+def test_training_crops_of_images_of_any_size_come_from_the_rescaled_image():
+  # The on-the-fly path of builders that store original sizes (imagenet2012,
+  # imagenette): each training crop is a window of the image rescaled and
+  # center-cropped to 256, the same window a prepared 256 x 256 copy gives.
+  rows, cols = np.meshgrid(np.arange(300), np.arange(420), indexing="ij")
+  pixels = np.stack([rows * 255 // 299, cols * 255 // 419,
+                     (rows + 2 * cols) % 256], -1).astype(np.uint8)
+  prepared = ip._rescale_and_center_crop(  # pylint: disable=protected-access
+      tf.constant(_png(pixels)), SIZE).numpy()
+
+  def crops(image):
+    ds = ip.train_dataset_from_records(
+        _records([_png(image)]), records_per_epoch=1, batch_size=1,
+        crop_size=224, seed=5, stats=_zero_stats(), pca_lighting_std=0.0)
+    return np.stack([b["image"][0] for b in _take(ds, 6)])
+
+  got, want = crops(pixels), crops(prepared)
+  assert got.shape == (6, 224, 224, 3)
+  np.testing.assert_allclose(got, want, atol=1)
+  # Windows at different places (a constant window would pass trivially).
+  assert np.abs(want[1:] - want[0]).max() > 20
+
+
 def test_prepared_png_takes_the_generic_path_unchanged():
   pixels = _coordinate_image()
   ds = ip.eval_dataset_from_records(
