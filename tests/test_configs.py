@@ -119,3 +119,76 @@ def test_unknown_arguments_list_the_known_ones(get_config, arg):
 def test_one_tower_names_its_replacement():
   with pytest.raises(ValueError, match="replaced by one_gpu"):
     ilsvrc2010.get_config("one_tower")
+
+
+# Every config a user can name, built and run for one training step at its
+# full size (the paper's 61M parameters, 224 or 227 crops) on generated
+# data of its shape: the arguments no other test trains with, the
+# ILSVRC-2012 and Imagenette configs, and the paper's own (plateau).
+FULL_SIZE = [
+    ("ilsvrc2010", ""), ("ilsvrc2010", "caffe_init"),
+    ("ilsvrc2010", "caffe_lrn"), ("ilsvrc2010", "bf16"),
+    ("ilsvrc2010", "steps"), ("ilsvrc2010", "one_gpu"),
+    ("ilsvrc2012", ""), ("imagenette", ""),
+]
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+  """XLA's persistent cache for this module's identical programs.
+
+  ilsvrc2010, its caffe_init and ilsvrc2012 compile the same train step
+  (they differ in the initial values and the data set): compiled once.
+  """
+  options = {"jax_compilation_cache_dir":
+                 str(tmp_path_factory.mktemp("xla_cache")),
+             "jax_persistent_cache_min_compile_time_secs": 0.0,
+             "jax_persistent_cache_min_entry_size_bytes": 0}
+  before = {name: getattr(jax.config, name) for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  yield
+  for name, value in before.items():
+    jax.config.update(name, value)
+  # pylint: disable-next=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache as cache
+  cache.reset_cache()  # Later tests compile without it, as before.
+
+
+@pytest.mark.parametrize("module,arg", FULL_SIZE,
+                         ids=[f"{m}:{a}" for m, a in FULL_SIZE])
+def test_one_training_step_of_every_full_size_config(compilation_cache,
+                                                     module, arg):
+  del compilation_cache
+  # pylint: disable=g-import-not-at-top
+  import importlib
+  from alexnet_jax import config_validation
+  from alexnet_jax import parallel
+  from alexnet_jax import steps
+
+  config = importlib.import_module(f"configs.{module}").get_config(arg or None)
+  config_validation.validate(config, jax.devices())
+  mc = config.model
+  assert mc.image_size == (227 if arg == "caffe_lrn" else 224)
+  assert mc.num_classes == (10 if module == "imagenette" else 1000)
+  mesh = parallel.make_mesh(1, config.mesh.model, num_towers=mc.num_towers)
+  state, shardings = steps.create_train_state(config, jax.random.key(0), mesh,
+                                              steps_per_epoch=100)
+  assert model_lib.count_params(state.params) == (
+      59_798_312 if arg == "one_gpu" else
+      60_965_224 - 4096 * 990 - 990 if module == "imagenette" else
+      60_965_224)
+  rng = np.random.default_rng(0)
+  batch = parallel.shard_batch(
+      {"image": rng.normal(0, 50, (2, mc.image_size, mc.image_size, 3)
+                           ).astype(np.float32),
+       "label": rng.integers(0, mc.num_classes, 2).astype(np.int32)}, mesh)
+  train_step = steps.make_train_step(config, mesh, shardings, 100)
+  state, metrics = train_step(state, batch)
+  metrics = jax.device_get(metrics)
+  assert int(state.step) == 1
+  # Untrained: near chance; the config's first rate.
+  assert 0 < metrics["loss"] < np.log(mc.num_classes) + 1.5, metrics
+  assert metrics["learning_rate"] == pytest.approx(config.optim.learning_rate)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(
+      jax.device_get(state.params)))
