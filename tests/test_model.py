@@ -256,14 +256,25 @@ def test_paper_dropout_at_test_time_is_inverted_with_halved_weights():
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("scaling", ["paper", "inverted"])
-def test_training_pass_equals_reference_with_the_models_masks(scaling):
-  """A train=True pass = the reference given the masks the model drew."""
-  config = helpers.tiny_model_config(dropout_scaling=scaling,
-                                     fc_features=(64, 64))
+@pytest.mark.parametrize("scaling,activation", [
+    ("paper", "relu"), ("inverted", "relu"), ("inverted", "tanh")])
+def test_training_pass_equals_reference_with_the_models_masks(scaling,
+                                                              activation):
+  """A train=True pass = the reference given the masks the model drew.
+
+  Exactly two dropout layers (not after fc8), each after its nonlinearity:
+  with ReLU and 0/1 masks the order would not matter, but tanh(2x) is not
+  2 tanh(x), so the inverted tanh case fails for dropout placed before it.
+  """
+  tanh = activation == "tanh"
+  config = helpers.tiny_model_config(
+      dropout_scaling=scaling, fc_features=(64, 64), activation=activation,
+      init="caffe" if tanh else "paper")
   params = jax.tree.map(lambda p: p * 5.0, model_lib.init_params(
       config, jax.random.key(0)))
-  images = jax.random.normal(jax.random.key(1), (4, 99, 99, 3)) * 50
+  # Mean-subtracted pixels are ~50; tanh wants inputs that do not saturate.
+  images = jax.random.normal(jax.random.key(1), (4, 99, 99, 3)) * (
+      1.0 if tanh else 50.0)
   module = model_lib.build(config)
 
   def forward(params, images):
