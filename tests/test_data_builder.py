@@ -17,7 +17,6 @@ import tensorflow_datasets as tfds
 
 from alexnet_jax import data
 from alexnet_jax.data import ilsvrc2010
-from alexnet_jax.data import mini
 
 SPLITS = ("train", "validation", "test")
 PATCH_DIR = {"train": "train", "validation": "val", "test": "test"}

@@ -27,22 +27,12 @@ from alexnet_jax import figures
 from alexnet_jax import input_pipeline
 from alexnet_jax import train
 from alexnet_jax import weights
-from tests import conftest
 from tests import helpers
 
 
 smoke_config = helpers.smoke_config
 final_params = helpers.final_params
 run_main = helpers.run_main
-
-
-def __getattr__(name):
-  # `test_train.smoke_dirs` for modules written when the fixture lived
-  # here; it is in tests/conftest.py now, and a module that binds it to a
-  # name of its own prepares a second copy of the data.
-  if name in ("smoke_dirs", "uninterrupted"):
-    return getattr(conftest, name)
-  raise AttributeError(name)
 
 
 def wait_for_checkpoint(workdir, proc, log, timeout=300):
