@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging as logging_std
 import math
 import os
 import re
@@ -593,20 +592,10 @@ def run_study(base: str, variants: Sequence[str], seeds: int, workdir: str,
   return study
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Drops INFO chatter of orbax and TFDS (as main.py does)."""
-
-  def filter(self, record: logging_std.LogRecord) -> bool:
-    if record.levelno >= logging_std.WARNING:
-      return True
-    return not any(f"{os.sep}{name}{os.sep}" in record.pathname
-                   for name in ("orbax", "tensorflow_datasets"))
-
-
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  cli.quiet_library_logs()
   cli.config_value(_CONFIG)  # A config file that fails to load: one line.
   base = config_flags.get_config_filename(flags.FLAGS["config"])
   overrides = config_flags.get_override_values(flags.FLAGS["config"])

@@ -13,6 +13,8 @@ and no traceback. A bug still shows its traceback.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import logging as logging_std
+import os
 import re
 import sys
 from typing import Any, NoReturn
@@ -111,6 +113,22 @@ def config_value(holder: flags.FlagHolder) -> Any:
     given = config_flags.get_config_filename(flags.FLAGS[holder.name])
     raise UserError(f"--{holder.name}={given}: {_cause(str(e))}") from None
   return config
+
+
+class _QuietLibraries(logging_std.Filter):
+  """Drops INFO chatter of orbax and TFDS (warnings and errors pass)."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    if record.levelno >= logging_std.WARNING:
+      return True
+    return not any(f"{os.sep}{name}{os.sep}" in record.pathname
+                   for name in ("orbax", "tensorflow_datasets"))
+
+
+def quiet_library_logs() -> None:
+  """Keeps the log of a long run readable: orbax's and TFDS's INFO lines go,
+  their warnings and errors stay."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def run(main: Callable[[list[str]], Any],

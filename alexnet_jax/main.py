@@ -10,7 +10,6 @@ workdir. The config is checked before any data or device work
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
 
-import logging as logging_std
 import os
 import sys
 
@@ -49,16 +48,6 @@ def default_workdir(config_path: str) -> str:
                                           if arg else ""))
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Drops INFO chatter of orbax and TFDS (warnings and errors pass)."""
-
-  def filter(self, record: logging_std.LogRecord) -> bool:
-    if record.levelno >= logging_std.WARNING:
-      return True
-    return not any(f"{os.sep}{name}{os.sep}" in record.pathname
-                   for name in ("orbax", "tensorflow_datasets"))
-
-
 def check_workdir(workdir: str) -> None:
   """The workdir must be a directory this process can write."""
   try:
@@ -74,7 +63,7 @@ def check_workdir(workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  cli.quiet_library_logs()
   config = cli.config_value(_CONFIG)
   config_validation.validate(config)
   # Fake CPU devices must exist before JAX initializes a backend.

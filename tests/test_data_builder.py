@@ -25,16 +25,8 @@ PATCH_DIR = {"train": "train", "validation": "val", "test": "test"}
 # --- Independent readers of the release files. ---
 def _tar_files(path_or_bytes):
   """{base name: bytes} of a tar given by path or bytes."""
-  if isinstance(path_or_bytes, bytes):
-    tar = tarfile.open(fileobj=io.BytesIO(path_or_bytes))
-  else:
-    tar = tarfile.open(path_or_bytes)
-  with tar:
-    return {
-        os.path.basename(m.name): tar.extractfile(m).read()
-        for m in tar.getmembers()
-        if m.isfile()
-    }
+  return {os.path.basename(name): data
+          for name, data in _tar_members(path_or_bytes)}
 
 
 def _original_files(manual_dir, split):

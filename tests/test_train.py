@@ -288,6 +288,19 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def _start_two_processes(smoke_dirs, workdir, tmp_path, *flags):
+  """The smoke run as two JAX processes on loopback, one CPU device each:
+  (processes, their log files)."""
+  port = _free_port()
+  logs = [str(tmp_path / f"process{i}.log") for i in range(2)]
+  procs = [helpers.start_main(smoke_dirs, workdir, "--config.cpu_devices=1",
+                              f"--coordinator_address=127.0.0.1:{port}",
+                              "--num_processes=2", f"--process_id={i}",
+                              *flags, log=logs[i])
+           for i in range(2)]
+  return procs, logs
+
+
 def test_two_processes_on_loopback_match_one_process(smoke_dirs,
                                                      uninterrupted,
                                                      tmp_path):
@@ -298,14 +311,7 @@ def test_two_processes_on_loopback_match_one_process(smoke_dirs,
   same data row). The result matches the single-process run.
   """
   workdir = str(tmp_path / "two_processes")
-  port = _free_port()
-  logs = [str(tmp_path / f"process{i}.log") for i in range(2)]
-  procs = [helpers.start_main(smoke_dirs, workdir, "--config.cpu_devices=1",
-                              f"--coordinator_address=127.0.0.1:{port}",
-                              "--num_processes=2", f"--process_id={i}",
-                              log=logs[i])
-           for i in range(2)]
-  outputs = _wait_all(procs, logs)
+  outputs = _wait_all(*_start_two_processes(smoke_dirs, workdir, tmp_path))
   assert "process 0 of 2" in outputs[0] and "process 1 of 2" in outputs[1]
   config = smoke_config(smoke_dirs)
   got, step = final_params(workdir, config)
@@ -360,13 +366,7 @@ def test_two_processes_reading_different_data_match_one_process(
 
   flags = ("--config.mesh.data=2", "--config.mesh.model=1")
   workdir = str(tmp_path / "two_processes")
-  port = _free_port()
-  logs = [str(tmp_path / f"process{i}.log") for i in range(2)]
-  procs = [helpers.start_main(smoke_dirs, workdir, "--config.cpu_devices=1",
-                              f"--coordinator_address=127.0.0.1:{port}",
-                              "--num_processes=2", f"--process_id={i}",
-                              *flags, log=logs[i])
-           for i in range(2)]
+  procs, logs = _start_two_processes(smoke_dirs, workdir, tmp_path, *flags)
   make_train_dataset = input_pipeline.make_train_dataset
 
   def two_processes_data(builder, **kwargs):
