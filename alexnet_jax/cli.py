@@ -37,10 +37,17 @@ class UserError(Exception):
 
 
 def fail(message: str) -> NoReturn:
-  """Prints `error: message` to stderr and exits with status 2."""
+  """Prints `error: message` to stderr and exits with status 2.
+
+  The process ends without interpreter teardown (like a finished training
+  run, main.py): background threads of orbax, tensorstore or tf.data would
+  otherwise print their own shutdown tracebacks under the message, or hang.
+  Whatever must be on disk is written before an error reaches here.
+  """
   logging.flush()
+  sys.stdout.flush()
   print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(USAGE_ERROR)
+  os._exit(USAGE_ERROR)  # pylint: disable=protected-access
 
 
 def _message(error: BaseException) -> str:

@@ -208,10 +208,12 @@ def _format_eta(seconds: float) -> str:
 def _check_finite(metrics: dict[str, Any], step: int, ckpt: Any) -> None:
   loss = float(metrics["loss"])
   if not math.isfinite(loss):
+    ckpt.wait()  # A save still in flight is committed first.
     last = ckpt.latest_step()
     kept = (f"the last good checkpoint (step {last}) is kept in "
             f"{ckpt.directory}" if last is not None else
             "no checkpoint had been written yet")
+    ckpt.close()
     raise TrainingError(
         f"loss is {loss} at step {step}: training stopped; {kept}. Try a "
         "lower optim.learning_rate, model.init=caffe, or check the data.")
@@ -240,7 +242,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       workdir, max_to_keep=config.keep_checkpoints,
       save_interval_steps=config.checkpoint_every_steps)
   plateau = optim.PlateauSchedule.from_config(config.optim)
-  state, extra = ckpt.restore_or(state, shardings)
+  try:
+    state, extra = ckpt.restore_or(state, shardings)
+  except Exception:
+    ckpt.close()  # Stops orbax's threads; nothing was written.
+    raise
   # Written once the data and any checkpoint have been read: a run that
   # fails to start leaves an existing workdir as it was.
   save_workdir_config(config, workdir)
