@@ -242,11 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       workdir, max_to_keep=config.keep_checkpoints,
       save_interval_steps=config.checkpoint_every_steps)
   plateau = optim.PlateauSchedule.from_config(config.optim)
-  try:
-    state, extra = ckpt.restore_or(state, shardings)
-  except Exception:
-    ckpt.close()  # Stops orbax's threads; nothing was written.
-    raise
+  state, extra = ckpt.restore_or(state, shardings)
   # Written once the data and any checkpoint have been read: a run that
   # fails to start leaves an existing workdir as it was.
   save_workdir_config(config, workdir)
