@@ -78,7 +78,7 @@ from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import steps as steps_lib
 
-# The paper's forward cost (PAPER.md §1, "about 724 M multiply-adds").
+# The paper's forward cost (§3, Figure 2: about 724 M multiply-adds).
 PAPER_FORWARD_MACS = 724e6
 
 # Dense (no structured sparsity) peak matmul rates in TFLOP/s from the

@@ -1,4 +1,4 @@
-"""The paper's input pipeline on tf.data (PAPER.md §3; paper §2 and §4.1).
+"""The paper's input pipeline on tf.data (paper §2 and §4.1).
 
 Training batches: random `crop_size` crops of the 256x256 image, horizontal
 flips with p=0.5, PCA lighting, minus the per-pixel mean image. Evaluation
@@ -106,7 +106,7 @@ def _hide_accelerators_from_tensorflow() -> None:
 _hide_accelerators_from_tensorflow()
 
 # Side of the prepared images: shorter side rescaled to 256, central crop
-# (PAPER.md §3, paper §2).
+# (paper §2).
 IMAGE_SIZE = 256
 # The paper's test-time patches: 4 corners + center and their reflections
 # (paper §4.1).
@@ -707,7 +707,7 @@ def make_train_dataset(
     pca_lighting_scale: LightingScale = "std",
     threads: int | None = None,
 ) -> tf.data.Dataset:
-  """Endless, resumable training batches for this process (PAPER.md §3).
+  """Endless, resumable training batches for this process (paper §2, §4.1).
 
   Args:
     builder: a prepared TFDS builder with `image` and `label` features.

@@ -17,7 +17,7 @@ from tests import helpers
 
 
 def test_paper_forward_multiply_adds():
-  """The paper's ~724M multiply-adds per image (PAPER.md §1), exactly."""
+  """The paper's ~724M multiply-adds per image (§3), exactly."""
   flops = benchmark.analytic_flops(model_lib.default_config())
   assert flops["forward_macs_per_layer"] == {
       "conv1": 55 * 55 * 96 * (11 * 11 * 3),

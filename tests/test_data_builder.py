@@ -1,7 +1,7 @@
 """Tests of the ILSVRC-2010 TFDS builder on the generated mini release.
 
 Expected values are derived independently of the builder: straight from the
-archives with `tarfile`, `scipy.io` and PIL, following PAPER.md §3.
+archives with `tarfile`, `scipy.io` and PIL, following the release layout in README "Data: ILSVRC-2010".
 """
 
 import gzip

@@ -232,7 +232,7 @@ def test_pca_lighting_has_the_intended_scale(scale):
 
 
 def test_lighting_matrix_units():
-  # The trap (PAPER.md §3): variances on the 0-255 scale must not be used
+  # The trap (paper §4.1 units): variances on the 0-255 scale must not be used
   # as offsets directly. With the default scale the offset along p_i has
   # the pixels' own std along p_i as its unit.
   stats = ip.InputStats(mean_image=np.zeros((4, 4, 3), np.float32),

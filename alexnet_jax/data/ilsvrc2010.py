@@ -1,12 +1,12 @@
-"""TFDS builder for ILSVRC-2010, the data set of the paper (PAPER.md §3).
+"""TFDS builder for ILSVRC-2010, the data set of the paper (§2).
 
 TFDS ships no ILSVRC-2010 builder, so this module provides `Ilsvrc2010`. It
 reads the official release files from a manual directory and stores every
 image already rescaled so its shorter side is `image_size` (256 in the
 paper) and center-cropped to `image_size` x `image_size` -- the paper does
-this once, when the data set is prepared (§2; PAPER.md §3).
+this once, when the data set is prepared (§2).
 
-Manual directory (PAPER.md §3 lists the files):
+Manual directory (README "Data: ILSVRC-2010" lists the files):
 
   ILSVRC2010_images_train.tar     tar of per-class tars `<WNID>.tar`
   ILSVRC2010_images_val.tar       JPEGs; labels by sorted file name order
@@ -80,7 +80,7 @@ try:
 except (RuntimeError, ValueError):  # Already initialized, or no GPU support.
   pass
 
-# --- The release files (PAPER.md §3), in release.py. ---
+# --- The release files, in release.py. ---
 # pylint: disable=unused-import
 from alexnet_jax.data.release import DEVKIT_TAR
 from alexnet_jax.data.release import META_MEMBER
@@ -115,7 +115,7 @@ PAPER_IMAGE_SIZE = 256  # §2: shorter side 256, then the central 256x256.
 # copy adds little beyond the original JPEG artifacts.
 JPEG_QUALITY = 90
 # JPEGs in the release that are gzip-compressed without a .gz suffix
-# (PAPER.md §3) start with the gzip magic bytes.
+# (a quirk of the release) start with the gzip magic bytes.
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -813,7 +813,7 @@ def _patched(
     data: bytes, file_name: str, patches: dict[str, bytes], used: set[str]
 ) -> tuple[bytes, bool]:
   # The release's blank images are replaced by the same-named file of
-  # patch_images.tar (PAPER.md §3: they must be applied).
+  # patch_images.tar (they must be applied).
   key = image_key(file_name)
   if key in patches:
     used.add(key)
@@ -840,7 +840,7 @@ def iter_raw_images(
 
   Train labels come from the per-class tar's WNID; validation and test
   labels from the ground-truth files, line i labelling the i-th file name
-  in sorted order (PAPER.md §3) -- not the tar order. Members are known by
+  in sorted order -- not the tar order. Members are known by
   their base names, whatever directories they are under.
 
   Raises:
@@ -951,7 +951,7 @@ def _iter_class_tars(
 def decode_image(data: bytes) -> Image.Image:
   """Decodes release image bytes into an RGB PIL image.
 
-  Handles the release's quirks (PAPER.md §3): gzip-compressed JPEGs without
+  Handles the release's quirks: gzip-compressed JPEGs without
   a .gz suffix, and CMYK or grayscale JPEGs (stored as RGB, the network's
   three input channels).
 

@@ -1,6 +1,6 @@
 """A generated mini ILSVRC-2010 ("the demo data"), in the official layout.
 
-Writes the six release files of PAPER.md §3 -- a tar of per-class tars, the
+Writes the six release files listed in README "Data: ILSVRC-2010" -- a tar of per-class tars, the
 val and test tars, the devkit tar.gz with a real meta.mat and the
 validation ground truth, the test ground truth and patch_images.tar -- for
 a small, procedurally drawn recognition problem, so that the real builder
@@ -510,7 +510,7 @@ def generate(out_dir: str, params: MiniParams = MiniParams()) -> MiniDataset:
   _write_file_atomic(os.path.join(out_dir, TRAIN_TAR), _tar_bytes(class_tars))
 
   # Val/test: flat tars whose member order is NOT file-name order; the
-  # labels follow sorted file names (PAPER.md §3).
+  # labels follow sorted file names (as in the real release).
   for split, archive in (("val", VAL_TAR), ("test", TEST_TAR)):
     items = encoded[split]
     order = rng.permutation(len(items))

@@ -1,4 +1,4 @@
-"""The file layout of the ILSVRC-2010 release (PAPER.md §3).
+"""The file layout of the ILSVRC-2010 release (README "Data: ILSVRC-2010").
 
 Shared by the builder (ilsvrc2010.py) and the generator of the mini release
 (mini.py); this module imports nothing, so generating data needs no
