@@ -130,11 +130,8 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_model(config: ml_collections.ConfigDict) -> None:
-  """The model section (model.build checks names, widths and sizes)."""
+  """The model section (model.build checks names, widths, sizes, rates)."""
   model = config.model
-  _check(config, "model.dropout_rate",
-         lambda v: _is_number(v) and 0 <= v < 1,
-         "a probability in [0, 1) (0 removes dropout)")
   _check(config, "model.num_classes", lambda v: _is_int(v) and v >= 2,
          "a whole number >= 2")
   try:

@@ -67,13 +67,7 @@ def main(argv: Sequence[str]) -> None:
   if _NPZ.value and not os.path.isfile(_NPZ.value):
     raise cli.UserError(f"--npz={_NPZ.value}: no such file.")
   configs = [cli.config_value(_CONFIG)] if _NPZ.value else []
-  for workdir in _WORKDIRS.value or ():
-    if not os.path.isfile(os.path.join(workdir, "config.json")):
-      raise cli.UserError(
-          f"--workdir={workdir} is not a training workdir (it has no "
-          "config.json, which `python -m alexnet_jax.main` writes when a "
-          "run starts). Give the --workdir of a training run.")
-    configs.append(train.load_workdir_config(workdir))
+  configs += [train.load_workdir_config(w) for w in _WORKDIRS.value or ()]
   for config in configs:
     config_validation.validate_model(config)
   evaluation.check_ensemble(configs)

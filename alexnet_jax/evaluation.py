@@ -26,6 +26,10 @@ from alexnet_jax import steps
 CROPS = ("center", "ten")
 
 
+class NotAWorkdirError(cli.UserError, FileNotFoundError):
+  """A directory that holds no training run (config or checkpoint)."""
+
+
 def check_ensemble(configs: Sequence[ml_collections.ConfigDict]) -> None:
   """Members must read the same images: same crop size and classes."""
   first = configs[0].model
@@ -119,7 +123,7 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict,
   try:
     step = ckpt.latest_step()
     if step is None:
-      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}.")
+      raise NotAWorkdirError(f"no checkpoint in {ckpt.directory}.")
     state, _ = ckpt.restore_or(abstract, shardings, step=step)
   finally:
     ckpt.close()

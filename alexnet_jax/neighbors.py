@@ -188,10 +188,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   start = time.time()
   workdir = FLAGS.workdir
-  try:
-    config = train.load_workdir_config(workdir)
-  except FileNotFoundError as e:
-    raise cli.UserError(str(e)) from None
+  config = train.load_workdir_config(workdir)
   train.setup_devices(config)
   if jax.process_count() > 1:
     raise cli.UserError("neighbors runs in one process.")
@@ -200,7 +197,7 @@ def main(argv: Sequence[str]) -> None:
   try:
     params, step = evaluation.restore_params(workdir, config, mesh)
     data = train.Data(config, mesh)
-  except (train.USER_ERRORS + (FileNotFoundError,)) as e:
+  except train.USER_ERRORS as e:
     raise cli.UserError(str(e)) from None
 
   def batches(split):

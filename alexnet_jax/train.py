@@ -67,9 +67,10 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (written at the start of a run)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise eval_lib.NotAWorkdirError(
         f"{path} not found: {workdir} is not a training workdir (it is "
-        "written when `python -m alexnet_jax.main` starts).")
+        "written when `python -m alexnet_jax.main` starts). Give the "
+        "--workdir of a training run.")
   with open(path) as f:
     # JSON turns the config's tuples into lists; turn them back (the model
     # needs hashable fields).
