@@ -28,7 +28,7 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import steps
-from alexnet_jax.data import ilsvrc2010
+from alexnet_jax.data import release
 from alexnet_jax.data import mini
 
 
@@ -42,7 +42,7 @@ class TrainingError(RuntimeError):
 
 # Errors whose message tells the user what to change: main prints them
 # without a traceback.
-USER_ERRORS = (TrainingError, parallel.MeshError, ilsvrc2010.Ilsvrc2010Error,
+USER_ERRORS = (TrainingError, parallel.MeshError, release.Ilsvrc2010Error,
                checkpoint.CheckpointMismatchError)
 
 
@@ -89,12 +89,11 @@ class Data:
     if config.dataset == "ilsvrc2010_mini":
       self._generate_mini(config)
     self.builder = data_lib.get_builder(
-        config.dataset, data_dir=config.data_dir,
-        manual_dir=config.manual_dir, **options)
+        config.dataset, data_dir=config.data_dir, **options)
     # Process 0 prepares the data and the statistics; the others wait for
     # it and then read what it wrote.
     if jax.process_index() == 0:
-      data_lib.prepare(self.builder)
+      data_lib.prepare(self.builder, manual_dir=config.manual_dir)
     _sync("data prepared")
     stored = self.builder.info.features["image"].shape[0]
     self.image_size = stored or input_pipeline.IMAGE_SIZE

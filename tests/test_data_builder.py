@@ -16,7 +16,11 @@ import scipy.io
 import tensorflow_datasets as tfds
 
 from alexnet_jax import data
+from alexnet_jax.data import archives
 from alexnet_jax.data import ilsvrc2010
+from alexnet_jax.data import release
+from alexnet_jax.data import release_metadata
+from alexnet_jax.data import release_reader
 
 SPLITS = ("train", "validation", "test")
 PATCH_DIR = {"train": "train", "validation": "val", "test": "test"}
@@ -32,20 +36,20 @@ def _tar_files(path_or_bytes):
 def _original_files(manual_dir, split):
   """{file name: bytes} of a split's main archive (before patching)."""
   if split == "train":
-    outer = _tar_files(os.path.join(manual_dir, ilsvrc2010.TRAIN_TAR))
+    outer = _tar_files(os.path.join(manual_dir, release.TRAIN_TAR))
     files = {}
     for inner in outer.values():
       files.update(_tar_files(inner))
     return files
-  archive = ilsvrc2010.SPLIT_ARCHIVES[split][0]
+  archive = release.SPLIT_ARCHIVES[split][0]
   return _tar_files(os.path.join(manual_dir, archive))
 
 
 def _meta_classes(manual_dir):
   """[(WNID, words)] of the class synsets, in meta.mat order."""
-  with tarfile.open(os.path.join(manual_dir, ilsvrc2010.DEVKIT_TAR)) as tar:
+  with tarfile.open(os.path.join(manual_dir, release.DEVKIT_TAR)) as tar:
     mat = scipy.io.loadmat(
-        io.BytesIO(tar.extractfile(ilsvrc2010.META_MEMBER).read())
+        io.BytesIO(tar.extractfile(release.META_MEMBER).read())
     )
   synsets = mat["synsets"].reshape(-1)
   ids = [int(s["ILSVRC2010_ID"].item()) for s in synsets]
@@ -56,10 +60,10 @@ def _meta_classes(manual_dir):
 
 def _ground_truth_ids(manual_dir, split):
   if split == "validation":
-    with tarfile.open(os.path.join(manual_dir, ilsvrc2010.DEVKIT_TAR)) as tar:
-      text = tar.extractfile(ilsvrc2010.VAL_GROUND_TRUTH_MEMBER).read()
+    with tarfile.open(os.path.join(manual_dir, release.DEVKIT_TAR)) as tar:
+      text = tar.extractfile(release.VAL_GROUND_TRUTH_MEMBER).read()
   else:
-    path = os.path.join(manual_dir, ilsvrc2010.TEST_GROUND_TRUTH)
+    path = os.path.join(manual_dir, release.TEST_GROUND_TRUTH)
     with open(path, "rb") as f:
       text = f.read()
   return [int(line) for line in text.split()]
@@ -140,7 +144,7 @@ def test_eval_labels_follow_ground_truth_by_sorted_name(
 ):
   classes = _meta_classes(mini_manual_dir)
   ids = _ground_truth_ids(mini_manual_dir, split)
-  archive = ilsvrc2010.SPLIT_ARCHIVES[split][0]
+  archive = release.SPLIT_ARCHIVES[split][0]
   with tarfile.open(os.path.join(mini_manual_dir, archive)) as tar:
     tar_order = [os.path.basename(n) for n in tar.getnames()]
   # Tar order differs from name order in the mini release, so a builder
@@ -161,7 +165,7 @@ def test_patched_images_replace_blank_ones(
   blank_names = mini_dataset.quirks[PATCH_DIR[split]]["blank"]
   assert blank_names
   originals = _original_files(mini_manual_dir, split)
-  patches = _tar_files(os.path.join(mini_manual_dir, ilsvrc2010.PATCH_TAR))
+  patches = _tar_files(os.path.join(mini_manual_dir, release.PATCH_TAR))
   for name in blank_names:
     # In the main archive the image is flat...
     original = np.asarray(_decode_rgb(originals[name]), np.float32)
@@ -169,7 +173,7 @@ def test_patched_images_replace_blank_ones(
     # ...the stored one is the patch's image, which is not.
     image = stored[split][name]["image"].astype(np.float32)
     assert image.std() > 10.0, name
-    expected = ilsvrc2010.resize_and_center_crop(
+    expected = release_reader.resize_and_center_crop(
         _decode_rgb(patches[name]), 256
     )
     assert np.abs(image - np.asarray(expected, np.float32)).mean() < 6.0
@@ -193,7 +197,8 @@ def test_gzip_cmyk_and_grayscale_are_decoded_to_rgb(
         assert mode == {"cmyk": "CMYK", "gray": "L"}[quirk]
       image = stored[split][name]["image"].astype(np.float32)
       expected = np.asarray(
-          ilsvrc2010.resize_and_center_crop(_decode_rgb(raw), 256), np.float32
+          release_reader.resize_and_center_crop(_decode_rgb(raw), 256),
+          np.float32,
       )
       assert np.abs(image - expected).mean() < 6.0, (quirk, name)
       # Not flat (a grayscale copy can have little contrast, hence a low
@@ -210,7 +215,7 @@ def test_resize_and_center_crop_geometry():
   array[:, 150:] = 255
   array[200:400] = (255, 0, 0)
   out = np.asarray(
-      ilsvrc2010.resize_and_center_crop(Image.fromarray(array), 256)
+      release_reader.resize_and_center_crop(Image.fromarray(array), 256)
   )
   assert out.shape == (256, 256, 3)
   # Shorter side 300 -> 256, height 600 -> 512, central 256 rows kept: the
@@ -221,7 +226,7 @@ def test_resize_and_center_crop_geometry():
   assert out[250, 10].max() < 20
   # The same, transposed: a wide image is cropped around its center column.
   wide = np.asarray(
-      ilsvrc2010.resize_and_center_crop(
+      release_reader.resize_and_center_crop(
           Image.fromarray(array.transpose(1, 0, 2).copy()), 256
       )
   )
@@ -231,7 +236,7 @@ def test_resize_and_center_crop_geometry():
   assert (wide[128, 30] != (255, 0, 0)).any()  # band ends at column 213
   # Exact size on awkward ratios (rounding must not lose a pixel).
   for size in [(257, 1000), (1000, 257), (255, 256), (101, 103)]:
-    out = ilsvrc2010.resize_and_center_crop(Image.new("RGB", size), 256)
+    out = release_reader.resize_and_center_crop(Image.new("RGB", size), 256)
     assert out.size == (256, 256), size
 
 
@@ -241,7 +246,7 @@ def test_decode_handles_release_quirks():
     buffer = io.BytesIO()
     rgb.convert(mode).save(buffer, format="JPEG", quality=95)
     for data_bytes in (buffer.getvalue(), gzip.compress(buffer.getvalue())):
-      image = ilsvrc2010.decode_image(data_bytes)
+      image = release_reader.decode_image(data_bytes)
       assert image.mode == "RGB" and image.size == (40, 30)
       expected = (200, 50, 120) if mode != "L" else (102,) * 3
       np.testing.assert_allclose(
@@ -255,17 +260,16 @@ def test_missing_files_error_names_each_file_and_the_directory(
 ):
   manual = tmp_path / "manual"
   manual.mkdir()
-  present = (ilsvrc2010.VAL_TAR, ilsvrc2010.DEVKIT_TAR)
+  present = (release.VAL_TAR, release.DEVKIT_TAR)
   for name in present:
     os.symlink(os.path.join(mini_manual_dir, name), manual / name)
   builder = data.get_builder(
       "ilsvrc2010_mini", data_dir=str(tmp_path / "tfds"),
-      manual_dir=str(manual),
   )
-  with pytest.raises(ilsvrc2010.MissingManualFilesError) as info:
-    data.prepare(builder)
+  with pytest.raises(release.MissingManualFilesError) as info:
+    data.prepare(builder, manual_dir=str(manual))
   message = str(info.value)
-  missing = [f for f in ilsvrc2010.REQUIRED_FILES if f not in present]
+  missing = [f for f in release.REQUIRED_FILES if f not in present]
   assert sorted(info.value.missing) == sorted(missing)
   for name in missing:
     assert name in message
@@ -280,37 +284,37 @@ def test_missing_directory_error_from_tfds_entry_point(tmp_path):
   # Called through TFDS directly (not `prepare`), on a directory that does
   # not exist: still our error, not TFDS's AssertionError.
   builder = ilsvrc2010.Ilsvrc2010(
-      data_dir=str(tmp_path / "tfds"), config=ilsvrc2010.mini_config(10)
+      data_dir=str(tmp_path / "tfds"), config=ilsvrc2010.make_config(10)
   )
   manual = tmp_path / "does_not_exist"
-  with pytest.raises(ilsvrc2010.MissingManualFilesError) as info:
+  with pytest.raises(release.MissingManualFilesError) as info:
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
     )
   message = str(info.value)
   assert "does not exist" in message and str(manual) in message
-  for name in ilsvrc2010.REQUIRED_FILES:
+  for name in release.REQUIRED_FILES:
     assert name in message
 
 
 def test_class_count_mismatch_is_a_clear_error(mini_manual_dir, tmp_path):
   builder = data.get_builder(
-      "ilsvrc2010", data_dir=str(tmp_path), manual_dir=mini_manual_dir
+      "ilsvrc2010", data_dir=str(tmp_path)
   )
-  with pytest.raises(ilsvrc2010.ReleaseFormatError, match=r"10 classes.*1000"):
-    data.prepare(builder)
+  with pytest.raises(release.ReleaseFormatError, match=r"10 classes.*1000"):
+    data.prepare(builder, manual_dir=mini_manual_dir)
 
 
 def _with_truncated_val_image(mini_manual_dir, tmp_path):
   """A copy of the release whose val tar has one truncated JPEG."""
   manual = tmp_path / "manual"
   manual.mkdir()
-  for name in ilsvrc2010.REQUIRED_FILES:
-    if name != ilsvrc2010.VAL_TAR:
+  for name in release.REQUIRED_FILES:
+    if name != release.VAL_TAR:
       os.symlink(os.path.join(mini_manual_dir, name), manual / name)
-  source = os.path.join(mini_manual_dir, ilsvrc2010.VAL_TAR)
+  source = os.path.join(mini_manual_dir, release.VAL_TAR)
   with tarfile.open(source) as src, tarfile.open(
-      manual / ilsvrc2010.VAL_TAR, "w"
+      manual / release.VAL_TAR, "w"
   ) as dst:
     members = src.getmembers()
     victim = sorted(m.name for m in members)[4]
@@ -327,11 +331,11 @@ def _with_truncated_val_image(mini_manual_dir, tmp_path):
 def test_corrupt_image_fails_the_build_by_default(mini_manual_dir, tmp_path):
   manual, victim = _with_truncated_val_image(mini_manual_dir, tmp_path)
   builder = data.get_builder(
-      "ilsvrc2010_mini", data_dir=str(tmp_path / "tfds"), manual_dir=manual
+      "ilsvrc2010_mini", data_dir=str(tmp_path / "tfds")
   )
-  with pytest.raises(ilsvrc2010.CorruptImageError) as info:
-    data.prepare(builder)
-  _assert_clean(info.value, victim, ilsvrc2010.VAL_TAR,
+  with pytest.raises(release.CorruptImageError) as info:
+    data.prepare(builder, manual_dir=manual)
+  _assert_clean(info.value, victim, release.VAL_TAR,
                 "skip_corrupt_images=True")
   assert info.value.member == victim
   assert not builder.is_prepared()
@@ -344,11 +348,10 @@ def test_corrupt_image_is_skipped_when_asked(
   builder = data.get_builder(
       "ilsvrc2010_mini",
       data_dir=str(tmp_path / "tfds"),
-      manual_dir=manual,
       skip_corrupt_images=True,
   )
-  data.prepare(builder)
-  assert builder.skipped_images == [f"{ilsvrc2010.VAL_TAR}:{victim}"]
+  data.prepare(builder, manual_dir=manual)
+  assert builder.skipped_images == [f"{release.VAL_TAR}:{victim}"]
   assert builder.info.splits["validation"].num_examples == (
       split_sizes["validation"] - 1
   )
@@ -388,31 +391,31 @@ def test_dataset_constants():
 
 def test_imagenet2012_missing_files_error(tmp_path):
   builder = data.get_builder(
-      "imagenet2012", data_dir=str(tmp_path), manual_dir=str(tmp_path / "m")
+      "imagenet2012", data_dir=str(tmp_path)
   )
-  with pytest.raises(ilsvrc2010.MissingManualFilesError) as info:
-    data.prepare(builder)
+  with pytest.raises(release.MissingManualFilesError) as info:
+    data.prepare(builder, manual_dir=str(tmp_path / "m"))
   for name in data.IMAGENET2012_FILES:
     assert name in str(info.value)
 
 
 def test_configs_are_shared_objects():
   # TFDS rejects two different config objects with the same name.
-  assert ilsvrc2010.mini_config(10) is ilsvrc2010.MINI_CONFIG
+  assert ilsvrc2010.make_config(10) is ilsvrc2010.MINI_CONFIG
   assert ilsvrc2010.make_config() is ilsvrc2010.PAPER_CONFIG
-  config = ilsvrc2010.mini_config(7, image_size=64)
+  config = ilsvrc2010.make_config(7, image_size=64)
   assert (config.name, config.num_classes, config.image_size) == (
       "mini7_64px", 7, 64
   )
-  assert ilsvrc2010.mini_config(7, image_size=64) is config
+  assert ilsvrc2010.make_config(7, image_size=64) is config
 
 
 def test_generated_release_has_the_files_the_builder_reads(mini_manual_dir):
   # The files on disk, not the names' constants (both modules import those
   # from release.py): a generator that wrote other names fails here.
-  assert ilsvrc2010.missing_manual_files(mini_manual_dir) == []
+  assert release.missing_manual_files(mini_manual_dir) == []
   on_disk = set(os.listdir(mini_manual_dir))
-  assert set(ilsvrc2010.REQUIRED_FILES) <= on_disk
+  assert set(release.REQUIRED_FILES) <= on_disk
 
 
 # --- Releases laid out like the real one. ---
@@ -464,9 +467,9 @@ def _with_dirs(members, dirs):
 
 def _meta_entries(manual_dir):
   """The synsets of meta.mat as dicts of Python values, in file order."""
-  with tarfile.open(os.path.join(manual_dir, ilsvrc2010.DEVKIT_TAR)) as tar:
+  with tarfile.open(os.path.join(manual_dir, release.DEVKIT_TAR)) as tar:
     mat = scipy.io.loadmat(
-        io.BytesIO(tar.extractfile(ilsvrc2010.META_MEMBER).read()),
+        io.BytesIO(tar.extractfile(release.META_MEMBER).read()),
         squeeze_me=True,
     )
   entries = []
@@ -576,8 +579,8 @@ def test_meta_mat_in_matlab_layouts(mini_manual_dir, layout):
       if s["WNID"] == "n99999999":
         assert np.ndim(s["children"]) == 0
   num_classes = sum(1 for e in entries if not e["num_children"])
-  classes = ilsvrc2010.class_synsets(
-      ilsvrc2010.parse_meta_mat(mat_bytes), num_classes
+  classes = release_metadata.class_synsets(
+      release_metadata.parse_meta_mat(mat_bytes), num_classes
   )
   assert [(c.wnid, c.words) for c in classes] == _expected_classes(entries)
   assert [c.ilsvrc2010_id for c in classes] == list(
@@ -613,8 +616,9 @@ def test_bad_meta_mat_is_one_clean_error(mini_manual_dir, breakage, expected):
   else:
     entries[0]["ILSVRC2010_ID"] = 99
     mat_bytes = _matlab_meta_mat(entries, "row")
-  with pytest.raises(ilsvrc2010.ReleaseFormatError, match=expected) as info:
-    ilsvrc2010.class_synsets(ilsvrc2010.parse_meta_mat(mat_bytes), 10)
+  with pytest.raises(release.ReleaseFormatError, match=expected) as info:
+    release_metadata.class_synsets(
+        release_metadata.parse_meta_mat(mat_bytes), 10)
   _assert_clean(info.value, "Download the devkit")
 
 
@@ -634,7 +638,7 @@ def _real_style_release(mini_manual_dir, out_dir):
   """
   os.makedirs(out_dir)
   renamed = {"train": {}, "validation": {}, "test": {}}
-  patches = _tar_members(os.path.join(mini_manual_dir, ilsvrc2010.PATCH_TAR))
+  patches = _tar_members(os.path.join(mini_manual_dir, release.PATCH_TAR))
   patched = {os.path.basename(n) for n, _ in patches}
 
   def lower_ext(name):
@@ -643,7 +647,7 @@ def _real_style_release(mini_manual_dir, out_dir):
 
   outer = []
   for class_tar, inner in _tar_members(
-      os.path.join(mini_manual_dir, ilsvrc2010.TRAIN_TAR)
+      os.path.join(mini_manual_dir, release.TRAIN_TAR)
   ):
     wnid = class_tar[: -len(".tar")]
     members = []
@@ -654,24 +658,24 @@ def _real_style_release(mini_manual_dir, out_dir):
     outer.append(
         (f"./{class_tar}", _tar_bytes(_with_dirs(members, [f"{wnid}/"])))
     )
-  files = {ilsvrc2010.TRAIN_TAR: _tar_bytes(_with_dirs(outer, ["./"]))}
+  files = {release.TRAIN_TAR: _tar_bytes(_with_dirs(outer, ["./"]))}
 
   val = []
   for name, payload in _tar_members(
-      os.path.join(mini_manual_dir, ilsvrc2010.VAL_TAR)
+      os.path.join(mini_manual_dir, release.VAL_TAR)
   ):
     renamed["validation"][name.lower()] = lower_ext(name)
     val.append((f"./ILSVRC2010_images_val/val/{lower_ext(name)}", payload))
-  files[ilsvrc2010.VAL_TAR] = _tar_bytes(_with_dirs(
+  files[release.VAL_TAR] = _tar_bytes(_with_dirs(
       val, ["./", "./ILSVRC2010_images_val/", "./ILSVRC2010_images_val/val/"]
   ))
   test = []
   for name, payload in _tar_members(
-      os.path.join(mini_manual_dir, ilsvrc2010.TEST_TAR)
+      os.path.join(mini_manual_dir, release.TEST_TAR)
   ):
     renamed["test"][name.lower()] = name
     test.append((f"test/{name}", payload))
-  files[ilsvrc2010.TEST_TAR] = _tar_bytes(_with_dirs(test, ["test/"]))
+  files[release.TEST_TAR] = _tar_bytes(_with_dirs(test, ["test/"]))
 
   patch_members = [("patch_images/README.txt", b"Replacement images.\n")]
   for name, payload in patches:
@@ -680,7 +684,7 @@ def _real_style_release(mini_manual_dir, out_dir):
     if split == "test":
       base = lower_ext(base)
     patch_members.append((f"{prefix}/{split}/{base}", payload))
-  files[ilsvrc2010.PATCH_TAR] = _tar_bytes(_with_dirs(
+  files[release.PATCH_TAR] = _tar_bytes(_with_dirs(
       patch_members,
       ["patch_images/", "patch_images/train/", "./patch_images/val/",
        "patch_images/test/"],
@@ -688,29 +692,29 @@ def _real_style_release(mini_manual_dir, out_dir):
 
   devkit = []
   for name, payload in _tar_members(
-      os.path.join(mini_manual_dir, ilsvrc2010.DEVKIT_TAR)
+      os.path.join(mini_manual_dir, release.DEVKIT_TAR)
   ):
-    if name == ilsvrc2010.META_MEMBER:
+    if name == release.META_MEMBER:
       payload = _matlab_meta_mat(
           _real_style_entries(_meta_entries(mini_manual_dir)), "row"
       )
     devkit.append((f"./{name}", payload))
-  files[ilsvrc2010.DEVKIT_TAR] = _tar_bytes(
+  files[release.DEVKIT_TAR] = _tar_bytes(
       _with_dirs(devkit, ["./devkit-1.0/", "./devkit-1.0/data/"]), gz=True
   )
   for name, payload in files.items():
     with open(os.path.join(out_dir, name), "wb") as f:
       f.write(payload)
   os.symlink(
-      os.path.join(mini_manual_dir, ilsvrc2010.TEST_GROUND_TRUTH),
-      os.path.join(out_dir, ilsvrc2010.TEST_GROUND_TRUTH),
+      os.path.join(mini_manual_dir, release.TEST_GROUND_TRUTH),
+      os.path.join(out_dir, release.TEST_GROUND_TRUTH),
   )
   return renamed
 
 
 @pytest.fixture(scope="module")
 def mini_meta(mini_manual_dir):
-  return ilsvrc2010.load_release_metadata(mini_manual_dir, 10)
+  return release_metadata.load_release_metadata(mini_manual_dir, 10)
 
 
 def test_real_style_release_reads_like_ours(
@@ -723,7 +727,7 @@ def test_real_style_release_reads_like_ours(
       n.endswith(".jpeg") for n in renamed["validation"].values()
   )
   assert any(n.endswith(".jpeg") for n in renamed["train"].values())
-  meta = ilsvrc2010.load_release_metadata(manual, 10)
+  meta = release_metadata.load_release_metadata(manual, 10)
   assert meta.classes == mini_meta.classes
   assert (meta.validation_labels, meta.test_labels) == (
       mini_meta.validation_labels, mini_meta.test_labels
@@ -731,9 +735,10 @@ def test_real_style_release_reads_like_ours(
   for split in SPLITS:
     ours = {
         r.file_name.lower(): r
-        for r in ilsvrc2010.iter_raw_images(mini_manual_dir, split, mini_meta)
+        for r in release_reader.iter_raw_images(
+            mini_manual_dir, split, mini_meta)
     }
-    theirs = list(ilsvrc2010.iter_raw_images(manual, split, meta))
+    theirs = list(release_reader.iter_raw_images(manual, split, meta))
     assert len(theirs) == len(ours) == len(renamed[split])
     assert sum(r.patched for r in theirs) == sum(
         r.patched for r in ours.values()
@@ -751,10 +756,10 @@ def test_real_style_release_builds_like_ours(
   manual = str(tmp_path / "real_style")
   _real_style_release(mini_manual_dir, manual)
   builder = data.get_builder(
-      "ilsvrc2010_mini", data_dir=str(tmp_path / "tfds"), manual_dir=manual,
+      "ilsvrc2010_mini", data_dir=str(tmp_path / "tfds"),
       num_workers=2,
   )
-  data.prepare(builder)
+  data.prepare(builder, manual_dir=manual)
   for split, size in split_sizes.items():
     got = {
         ex["file_name"].decode().lower(): ex
@@ -768,7 +773,7 @@ def test_real_style_release_builds_like_ours(
 
 @pytest.mark.parametrize("prefix", ["", "./", "ILSVRC2010_devkit-1.0/"])
 def test_devkit_members_are_found_under_any_prefix(tmp_path, prefix):
-  meta = prefix + ilsvrc2010.META_MEMBER
+  meta = prefix + release.META_MEMBER
   path = str(tmp_path / "devkit.tar.gz")
   with open(path, "wb") as f:
     f.write(_tar_bytes([
@@ -776,14 +781,14 @@ def test_devkit_members_are_found_under_any_prefix(tmp_path, prefix):
         (meta, b"meta"),
         (prefix + "devkit-1.0/data/other.txt", b"other"),
     ], gz=True))
-  assert ilsvrc2010._read_members(path, [ilsvrc2010.META_MEMBER]) == {
-      ilsvrc2010.META_MEMBER: b"meta"
+  assert archives.read_members(path, [release.META_MEMBER]) == {
+      release.META_MEMBER: b"meta"
   }
   # Two equally good candidates: an error naming both, not a guess.
   with open(path, "wb") as f:
     f.write(_tar_bytes([("a/meta.mat", b"1"), ("b/meta.mat", b"2")], gz=True))
-  with pytest.raises(ilsvrc2010.ReleaseFormatError, match="a/meta.mat.*b/m"):
-    ilsvrc2010._read_members(path, [ilsvrc2010.META_MEMBER])
+  with pytest.raises(release.ReleaseFormatError, match="a/meta.mat.*b/m"):
+    archives.read_members(path, [release.META_MEMBER])
 
 
 def test_patches_outside_split_directories_are_ignored(tmp_path):
@@ -797,7 +802,7 @@ def test_patches_outside_split_directories_are_ignored(tmp_path):
         ("misc/test_images/y.JPEG", jpeg.getvalue()),  # No split directory.
         ("test/notes.txt", b"not an image"),
     ]))
-  assert ilsvrc2010.read_patches(path) == {
+  assert release_metadata.read_patches(path) == {
       "train": {"x_1.jpeg": jpeg.getvalue()},
       "val": {"ILSVRC2010_val_00000001.jpg": jpeg.getvalue()},
       "test": {},
@@ -807,7 +812,7 @@ def test_patches_outside_split_directories_are_ignored(tmp_path):
 # --- Bad input: one clean `Ilsvrc2010Error` naming the file. ---
 def _assert_clean(error, *needles):
   """One error of ours, whose message names the file and what to do."""
-  assert isinstance(error, ilsvrc2010.Ilsvrc2010Error)
+  assert isinstance(error, release.Ilsvrc2010Error)
   # No tarfile/PIL/scipy traceback chained to it.
   assert error.__cause__ is None
   assert error.__context__ is None or error.__suppress_context__
@@ -818,7 +823,7 @@ def _assert_clean(error, *needles):
 def _copy_release(mini_manual_dir, manual, replace):
   """A copy (symlinks) of the release with some files' bytes replaced."""
   os.makedirs(manual, exist_ok=True)
-  for name in ilsvrc2010.REQUIRED_FILES:
+  for name in release.REQUIRED_FILES:
     target = os.path.join(manual, name)
     if name in replace:
       with open(target, "wb") as f:
@@ -847,14 +852,14 @@ def _cut_points(path):
 def test_truncated_archive_is_one_clean_error(
     mini_manual_dir, mini_meta, tmp_path, split, cut
 ):
-  archive = ilsvrc2010.SPLIT_ARCHIVES[split][0]
+  archive = release.SPLIT_ARCHIVES[split][0]
   source = os.path.join(mini_manual_dir, archive)
   with open(source, "rb") as f:
     payload = f.read()[: _cut_points(source)[cut]]
   manual = _copy_release(mini_manual_dir, str(tmp_path / "m"),
                          {archive: payload})
-  with pytest.raises(ilsvrc2010.ArchiveError) as info:
-    for _ in ilsvrc2010.iter_raw_images(manual, split, mini_meta):
+  with pytest.raises(release.ArchiveError) as info:
+    for _ in release_reader.iter_raw_images(manual, split, mini_meta):
       pass
   _assert_clean(info.value, os.path.join(manual, archive), "truncated",
                 "Download it again")
@@ -863,26 +868,26 @@ def test_truncated_archive_is_one_clean_error(
 def test_train_tar_cut_in_half_fails_the_build_cleanly(
     mini_manual_dir, tmp_path
 ):
-  source = os.path.join(mini_manual_dir, ilsvrc2010.TRAIN_TAR)
+  source = os.path.join(mini_manual_dir, release.TRAIN_TAR)
   with open(source, "rb") as f:
     payload = f.read()
   manual = _copy_release(
       mini_manual_dir, str(tmp_path / "m"),
-      {ilsvrc2010.TRAIN_TAR: payload[: len(payload) // 2]},
+      {release.TRAIN_TAR: payload[: len(payload) // 2]},
   )
   builder = data.get_builder(
-      "ilsvrc2010_mini", data_dir=str(tmp_path / "tfds"), manual_dir=manual,
+      "ilsvrc2010_mini", data_dir=str(tmp_path / "tfds"),
       num_workers=2,
   )
-  with pytest.raises(ilsvrc2010.ArchiveError) as info:
-    data.prepare(builder)
+  with pytest.raises(release.ArchiveError) as info:
+    data.prepare(builder, manual_dir=manual)
   # Cut inside a per-class tar: the error names it too.
-  _assert_clean(info.value, ilsvrc2010.TRAIN_TAR, "inside its member",
+  _assert_clean(info.value, release.TRAIN_TAR, "inside its member",
                 ".tar", "truncated")
   assert not builder.is_prepared()
 
 
-@pytest.mark.parametrize("name", [ilsvrc2010.DEVKIT_TAR, ilsvrc2010.PATCH_TAR])
+@pytest.mark.parametrize("name", [release.DEVKIT_TAR, release.PATCH_TAR])
 @pytest.mark.parametrize("damage", ["half", "not_a_tar"])
 def test_bad_small_archive_is_one_clean_error(
     mini_manual_dir, tmp_path, name, damage
@@ -895,8 +900,8 @@ def test_bad_small_archive_is_one_clean_error(
     payload = b"<html>Login required</html>\n" * 40
   manual = _copy_release(mini_manual_dir, str(tmp_path / "m"),
                          {name: payload})
-  with pytest.raises(ilsvrc2010.ArchiveError) as info:
-    ilsvrc2010.load_release_metadata(manual, 10)
+  with pytest.raises(release.ArchiveError) as info:
+    release_metadata.load_release_metadata(manual, 10)
   _assert_clean(info.value, os.path.join(manual, name), "Download it again")
 
 
@@ -924,12 +929,12 @@ def test_corrupt_image_is_one_clean_error(damage):
       "bad_gzip": b"\x1f\x8b" + b"\x00" * 40,
       "huge_claimed_size": _huge_claimed_size(jpeg),
   }[damage]
-  raw = ilsvrc2010.RawImage(
+  raw = release_reader.RawImage(
       archive="ILSVRC2010_images_val.tar", member="val/x.JPEG",
       file_name="x.JPEG", label=0, data=payload, patched=False,
   )
-  with pytest.raises(ilsvrc2010.CorruptImageError) as info:
-    ilsvrc2010.process_image(raw, 32)
+  with pytest.raises(release.CorruptImageError) as info:
+    release_reader.process_image(raw, 32)
   _assert_clean(info.value, "'val/x.JPEG'", "ILSVRC2010_images_val.tar",
                 "skip_corrupt_images=True")
 
@@ -958,8 +963,8 @@ def _fill(directory, names):
         (["ILSVRC2011_images_train.tar", "ILSVRC2010_test_ground_truth.txt"],
          ["ILSVRC-2011", "ILSVRC2011_images_train.tar"]),
         # The release one level down.
-        (["ilsvrc2010/" + ilsvrc2010.TRAIN_TAR,
-          "ilsvrc2010/" + ilsvrc2010.DEVKIT_TAR],
+        (["ilsvrc2010/" + release.TRAIN_TAR,
+          "ilsvrc2010/" + release.DEVKIT_TAR],
          ["one directory further down", "ilsvrc2010"]),
         # An extracted release.
         (["ILSVRC2010_images_train/", "n01440764.tar", "devkit-1.0/"],
@@ -974,10 +979,10 @@ def _fill(directory, names):
 def test_wrong_manual_dir_is_recognized(tmp_path, contents, needles):
   manual = str(tmp_path / "manual")
   _fill(manual, contents)
-  with pytest.raises(ilsvrc2010.MissingManualFilesError) as info:
-    ilsvrc2010.check_manual_dir(manual)
-  assert isinstance(info.value, ilsvrc2010.Ilsvrc2010Error)
-  for needle in needles + [ilsvrc2010.TRAIN_TAR, "image-net.org"]:
+  with pytest.raises(release.MissingManualFilesError) as info:
+    release.check_manual_dir(manual)
+  assert isinstance(info.value, release.Ilsvrc2010Error)
+  for needle in needles + [release.TRAIN_TAR, "image-net.org"]:
     assert needle in str(info.value), (needle, str(info.value))
 
 
@@ -986,13 +991,13 @@ def test_ilsvrc2012_manual_dir_fails_the_build_cleanly(tmp_path):
   _fill(manual, ["ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar",
                  "ILSVRC2012_devkit_t12.tar.gz"])
   builder = data.get_builder(
-      "ilsvrc2010", data_dir=str(tmp_path / "tfds"), manual_dir=manual
+      "ilsvrc2010", data_dir=str(tmp_path / "tfds")
   )
-  with pytest.raises(ilsvrc2010.MissingManualFilesError) as info:
-    data.prepare(builder)
+  with pytest.raises(release.MissingManualFilesError) as info:
+    data.prepare(builder, manual_dir=manual)
   assert "ILSVRC-2012" in str(info.value)
   assert "imagenet2012" in str(info.value)
   # A partial ILSVRC-2010 release gets no diagnosis, just the list.
-  assert ilsvrc2010.diagnose_manual_dir(str(tmp_path)) is not None
-  _fill(str(tmp_path / "partial"), [ilsvrc2010.TRAIN_TAR])
-  assert ilsvrc2010.diagnose_manual_dir(str(tmp_path / "partial")) is None
+  assert release.diagnose_manual_dir(str(tmp_path)) is not None
+  _fill(str(tmp_path / "partial"), [release.TRAIN_TAR])
+  assert release.diagnose_manual_dir(str(tmp_path / "partial")) is None

@@ -3,8 +3,8 @@
 The input pipeline and the training program use only this module's small
 API:
 
-  builder = data.get_builder("ilsvrc2010", data_dir=..., manual_dir=...)
-  data.prepare(builder)  # builds once; raises MissingManualFilesError
+  builder = data.get_builder("ilsvrc2010", data_dir=...)
+  data.prepare(builder, manual_dir=...)  # Builds once.
   ds = builder.as_dataset(split="train")
 
 and `DATASETS[name]` for what each data set is (class count, split names,
@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
-import weakref
+
+from alexnet_jax.data import release
 
 if TYPE_CHECKING:
   import tensorflow_datasets as tfds
@@ -111,17 +112,10 @@ IMAGENET2012_HELP = (
     "directory."
 )
 
-# Builder -> manual directory given to `get_builder`, read by `prepare`.
-_MANUAL_DIRS: "weakref.WeakKeyDictionary[Any, str]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def get_builder(
     name: str,
     *,
     data_dir: str | None,
-    manual_dir: str | None = None,
     **options: Any,
 ) -> "tfds.core.DatasetBuilder":
   """Returns the TFDS builder for a data set of `DATASETS`.
@@ -129,8 +123,6 @@ def get_builder(
   Args:
     name: "ilsvrc2010", "ilsvrc2010_mini", "imagenet2012" or "imagenette".
     data_dir: TFDS data directory (None: TFDS's default).
-    manual_dir: where the manually downloaded (or generated) release files
-      are; remembered for `prepare`. None: `<data_dir>/downloads/manual`.
     **options: for "ilsvrc2010": image_size (256), skip_corrupt_images
       (False), num_workers; for "ilsvrc2010_mini" also num_classes (10);
       for "imagenette": config (TFDS config name, e.g. "320px-v2").
@@ -162,7 +154,7 @@ def get_builder(
   if name.startswith("ilsvrc2010"):
     config = ilsvrc2010.make_config(
         num_classes=options.get("num_classes", DATASETS[name].num_classes),
-        image_size=options.get("image_size", ilsvrc2010.PAPER_IMAGE_SIZE),
+        image_size=options.get("image_size", release.PAPER_IMAGE_SIZE),
     )
     builder = ilsvrc2010.Ilsvrc2010(
         data_dir=data_dir,
@@ -176,8 +168,6 @@ def get_builder(
         data_dir=data_dir,
         config=options.get("config"),
     )
-  if manual_dir is not None:
-    _MANUAL_DIRS[builder] = os.fspath(manual_dir)
   return builder
 
 
@@ -196,14 +186,14 @@ def check_manual_files(
   from alexnet_jax.data import ilsvrc2010  # pylint: disable=g-import-not-at-top
 
   if isinstance(builder, ilsvrc2010.Ilsvrc2010):
-    ilsvrc2010.check_manual_dir(manual_dir)
+    release.check_manual_dir(manual_dir)
   elif builder.name == "imagenet2012":
     missing = [
         f for f in IMAGENET2012_FILES
         if not os.path.isfile(os.path.join(manual_dir, f))
     ]
     if missing:
-      raise ilsvrc2010.MissingManualFilesError(
+      raise release.MissingManualFilesError(
           manual_dir,
           missing,
           dataset="ILSVRC-2012",
@@ -222,15 +212,14 @@ def prepare(
 
   Args:
     builder: from `get_builder`.
-    manual_dir: overrides the one given to `get_builder`.
+    manual_dir: where the manually downloaded (or generated) release files
+      are. None: TFDS's default, `<data_dir>/downloads/manual`.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   if builder.is_prepared():
     return builder
-  manual_dir = (
-      manual_dir or _MANUAL_DIRS.get(builder) or default_manual_dir(builder)
-  )
+  manual_dir = os.fspath(manual_dir or default_manual_dir(builder))
   check_manual_files(builder, manual_dir)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)

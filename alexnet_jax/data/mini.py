@@ -48,6 +48,9 @@ from PIL import ImageFilter
 from PIL import ImageStat
 import scipy.io
 
+from alexnet_jax.data import release_metadata
+from alexnet_jax.data import release_reader
+
 # The release's file names, shared with the builder (TensorFlow-free).
 # pylint: disable=unused-import
 from alexnet_jax.data.release import DEVKIT_TAR
@@ -681,19 +684,17 @@ def trivial_baselines(manual_dir: str, *, size: int = 16) -> dict[str, float]:
     "pixels": raw pixels, downscaled to `size` x `size` x 3;
     "mean_color": the image's mean RGB color only.
 
-  Chance is 1 / num_classes. Imports TensorFlow (through the builder).
+  Chance is 1 / num_classes. Reads the release as the builder does
+  (release_reader.py), without TensorFlow.
   """
-  # Imported here: generating data must not need TensorFlow.
-  from alexnet_jax.data import ilsvrc2010  # pylint: disable=g-import-not-at-top
-
-  num_classes = ilsvrc2010.read_num_classes(manual_dir)
-  meta = ilsvrc2010.load_release_metadata(manual_dir, num_classes)
+  num_classes = release_metadata.read_num_classes(manual_dir)
+  meta = release_metadata.load_release_metadata(manual_dir, num_classes)
   arrays = {}
   for split in ("train", "validation"):
     xs, ys = [], []
-    for raw in ilsvrc2010.iter_raw_images(manual_dir, split, meta):
-      image = ilsvrc2010.resize_and_center_crop(
-          ilsvrc2010.decode_image(raw.data), size
+    for raw in release_reader.iter_raw_images(manual_dir, split, meta):
+      image = release_reader.resize_and_center_crop(
+          release_reader.decode_image(raw.data), size
       )
       xs.append(np.asarray(image, dtype=np.float32))
       ys.append(raw.label)
@@ -757,9 +758,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     builder = data.get_builder(
         "ilsvrc2010_mini", data_dir=args.data_dir,
-        manual_dir=dataset.manual_dir, num_classes=params.num_classes,
+        num_classes=params.num_classes,
     )
-    data.prepare(builder)
+    data.prepare(builder, manual_dir=dataset.manual_dir)
     sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
     print(f"built {builder.info.full_name} in {builder.data_dir} {sizes} "
           f"({time.perf_counter() - start:.1f} s)")
