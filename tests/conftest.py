@@ -70,11 +70,10 @@ def mini_builder(mini_manual_dir, tmp_path_factory):
   builder = data.get_builder(
       "ilsvrc2010_mini",
       data_dir=str(data_dir),
-      manual_dir=mini_manual_dir,
       num_classes=MINI_TEST_PARAMS["num_classes"],
       num_workers=2,
   )
-  return data.prepare(builder)
+  return data.prepare(builder, manual_dir=mini_manual_dir)
 
 
 # =============================================================================
