@@ -236,7 +236,7 @@ class TowerConv(nn.Module):
     else:
       # One convolution per tower on its own channel block. The same function
       # as a grouped convolution (feature_group_count=towers), which XLA:CPU
-      # runs 2-4x slower (measured with `alexnet_jax.benchmark --profile`).
+      # runs 2-4x slower (measured with `benchmarks.train_step --profile`).
       x_T = jnp.split(x, self.towers, axis=-1)
       y = jnp.concatenate([conv(x_T[t], kernel[t])
                            for t in range(self.towers)], axis=-1)

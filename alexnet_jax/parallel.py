@@ -33,7 +33,7 @@ Total 106,912 bytes per image per device in the forward pass. The backward
 pass moves 102,912: the transpose of an all-gather is a reduce-scatter of the
 same size and vice versa, and fc8's sum needs none (its gradient, like the
 logits, is already whole on both devices). Measured from the compiled
-program by `python -m alexnet_jax.benchmark`.
+program by `python -m benchmarks.train_step`.
 """
 
 from __future__ import annotations

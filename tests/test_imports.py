@@ -16,7 +16,8 @@ for name in ("tensorflow", "tensorflow_datasets"):
 def test_model_side_imports_without_tensorflow():
   code = _BLOCK_TENSORFLOW + """
 from alexnet_jax import checkpoint, evaluation, model, optim, parallel, steps
-from alexnet_jax import benchmark, layer_benchmark, weights
+from alexnet_jax import weights
+from benchmarks import layers, train_step
 import jax
 config = model.default_config()
 assert model.count_params(model.param_shapes(config)) == 60_965_224

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from alexnet_jax import hlo
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
+from benchmarks import hlo
 from tests import helpers
 
 

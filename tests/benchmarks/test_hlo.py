@@ -2,7 +2,7 @@
 
 import pytest
 
-from alexnet_jax import hlo
+from benchmarks import hlo
 
 # The same 2x2 (data x model) groups in the forms of different XLA versions.
 MODEL_GROUPS = [[0, 1], [2, 3]]

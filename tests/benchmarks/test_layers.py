@@ -1,11 +1,12 @@
-"""The layer benchmark's alternative forms compute the model's functions."""
+"""The layer benchmark's alternative forms compute the model's functions
+(benchmarks/layers.py)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import layer_benchmark
+from benchmarks import layers
 
 
 @pytest.mark.parametrize("window,stride", [(3, 2), (2, 2), (3, 3)])
@@ -17,9 +18,9 @@ def test_slice_max_pool_equals_reduce_window_with_ties(window, stride, dtype):
   x = jax.random.randint(jax.random.key(1), (2, 11, 10, 5), -2, 3)
   x = x.astype(dtype)
   y, vjp = jax.vjp(
-      lambda x: layer_benchmark.slice_max_pool(x, window, stride), x)
+      lambda x: layers.slice_max_pool(x, window, stride), x)
   y_ref, vjp_ref = jax.vjp(
-      lambda x: layer_benchmark.reduce_window_pool(x, window, stride), x)
+      lambda x: layers.reduce_window_pool(x, window, stride), x)
   np.testing.assert_array_equal(np.asarray(y, np.float32),
                                 np.asarray(y_ref, np.float32))
   # Integer cotangents: overlapping windows' sums are exact in any order.
@@ -32,7 +33,7 @@ def test_slice_max_pool_equals_reduce_window_with_ties(window, stride, dtype):
 
 
 def test_every_form_matches_the_models_at_the_paper_shapes():
-  rows = layer_benchmark.run(batch_size=1, dtypes=("float32",), repeats=1,
+  rows = layers.run(batch_size=1, dtypes=("float32",), repeats=1,
                              log=lambda *_: None)
   assert {(r["layer"], r["form"]) for r in rows} == {
       ("pool", "reduce_window"), ("pool", "slice_max_pool"),

@@ -4,7 +4,7 @@ A tool, not a test. For each mesh shape and dtype it times the train step of
 the paper's full model (`model.default_config()`, 60,965,224 parameters, the
 §5 optimizer) on a fixed random batch that is already on the devices:
 
-  python -m alexnet_jax.benchmark [--batch_size=128[,256,...]]
+  python -m benchmarks.train_step [--batch_size=128[,256,...]]
       [--meshes=auto|1x1,1x2]
       [--dtypes=float32,bfloat16] [--steps=5] [--warmup=2] [--cpu_devices=2]
       [--config=configs/ilsvrc2010.py[:ARGS]] [--input] [--profile]
@@ -18,15 +18,15 @@ What it reports, per (mesh, dtype, batch size):
     machine shared with other jobs).
   * compile time: `jit(train_step).lower(...)` + `.compile()`, timed
     separately from the steps.
-  * FLOPs per image: analytic (`analytic_flops`: 2 x multiply-adds of every
+  * FLOPs per image: analytic (`costs.analytic_flops`: 2 x multiply-adds of every
     conv and fc layer, forward; a training step counted as 3x forward) beside
     XLA's `compiled.cost_analysis()` of the train step and of the forward
     pass; achieved FLOP/s and model FLOP utilization (MFU) against the
-    device's peak (`PEAK_TFLOPS`, vendor datasheet dense numbers) or, on
+    device's peak (`machine.PEAK_TFLOPS`, vendor datasheet dense numbers) or, on
     CPU, against a measured float32 matmul rate on the same devices.
   * collective bytes per device per step, parsed from the compiled HLO
     (`hlo.collectives`) beside the analytic minimum of the two-tower
-    scheme (`analytic_collective_bytes`).
+    scheme (`costs.analytic_collective_bytes`).
   * peak device memory (`device.memory_stats()`; the CPU backend reports
     none, so it is None there) and XLA's compiled memory analysis.
 
@@ -37,9 +37,10 @@ load. Several batch sizes (`--batch_size=128,512,2048`) add the best batch per
 reported as such and the sweep goes on.
 
 `--input` adds the input pipeline's training images/s on one core
-(alexnet_jax/input_benchmark.py; needs TensorFlow, imported only then).
+(input_pipeline.py here; needs TensorFlow, imported only then).
 `--profile` traces two steps per case with `jax.profiler` and prints where
-the time goes (conv / matmul per layer, LRN, pooling, collectives, copies).
+the time goes (conv / matmul per layer, LRN, pooling, collectives, copies;
+op_profile.py).
 
 On a CPU-only host `--cpu_devices=N` makes N fake CPU devices before JAX
 starts (only the CPU backend is affected); the fake devices share the same
@@ -51,12 +52,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 import collections
 import functools
-import glob
 import json
 import math
 import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -65,247 +63,19 @@ from typing import Any
 
 from absl import flags
 import jax
-import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
 from alexnet_jax import cli
-from alexnet_jax import hlo
 from alexnet_jax import model as model_lib
 from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import steps as steps_lib
-
-# The paper's forward cost (§3, Figure 2: about 724 M multiply-adds).
-PAPER_FORWARD_MACS = 724e6
-
-# Dense (no structured sparsity) peak matmul rates in TFLOP/s from the
-# vendors' datasheets: NVIDIA H100 / H200 / A100 datasheets; Google Cloud
-# TPU system-architecture pages (v4, v5e, v5p, v6e). "float32" on NVIDIA is
-# the non-tensor-core FP32 rate (JAX's default precision may instead use
-# TF32 tensor cores for float32 matmuls: "tfloat32" is given for reference).
-# TPUs run float32 matmuls as several bfloat16 passes; their only datasheet
-# number is bfloat16, used for both dtypes. Matched against
-# `device.device_kind`, first match wins.
-PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
-    ("H100 PCIe", dict(bfloat16=756.0, float32=51.0, tfloat32=378.0)),
-    ("H100", dict(bfloat16=989.0, float32=67.0, tfloat32=494.7)),  # SXM
-    ("H200", dict(bfloat16=989.0, float32=67.0, tfloat32=494.7)),
-    ("A100", dict(bfloat16=312.0, float32=19.5, tfloat32=156.0)),
-    ("TPU v4", dict(bfloat16=275.0, float32=275.0)),
-    ("TPU v5 lite", dict(bfloat16=197.0, float32=197.0)),  # v5e
-    ("TPU v5e", dict(bfloat16=197.0, float32=197.0)),
-    ("TPU v5", dict(bfloat16=459.0, float32=459.0)),  # v5p
-    ("TPU v6 lite", dict(bfloat16=918.0, float32=918.0)),  # v6e (Trillium)
-    ("TPU v6e", dict(bfloat16=918.0, float32=918.0)),
-)
-
-# ---------------------------------------------------------------------------
-# Analytic FLOPs.
-# ---------------------------------------------------------------------------
-
-
-def forward_macs_per_image(config: ml_collections.ConfigDict
-                           ) -> dict[str, int]:
-  """Multiply-adds of each conv and fc layer for one image, forward.
-
-  conv: H_out * W_out * C_out * (k * k * C_in_per_output), where
-        C_in_per_output is what one output channel reads: all input channels
-        for conv1 (the image) and conv3 (both towers), its own tower's for
-        conv2, conv4 and conv5 (C_out and C_in summed over the towers);
-  fc:   inputs * outputs.
-  Biases, ReLU, LRN, pooling, dropout and softmax are not counted (they are
-  about 1% more and not multiply-adds of the layer's weights).
-  """
-  towers = config.num_towers
-  c1, c2, c3, c4, c5 = (towers * c for c in config.conv_features)
-  f6, f7 = (towers * f for f in config.fc_features)
-  sizes = model_lib.spatial_sizes(config.image_size, config.pool_window,
-                                  config.pool_stride)
-
-  def conv(size, out, kernel, inputs):
-    return size * size * out * kernel * kernel * inputs
-
-  macs = {
-      "conv1": conv(sizes["conv1"], c1, 11, 3),
-      "conv2": conv(sizes["conv2"], c2, 5, c1 // towers),
-      "conv3": conv(sizes["conv3"], c3, 3, c2),
-      "conv4": conv(sizes["conv4"], c4, 3, c3 // towers),
-      "conv5": conv(sizes["conv5"], c5, 3, c4 // towers),
-      "fc6": sizes["pool5"] ** 2 * c5 * f6,
-      "fc7": f6 * f7,
-      "fc8": f7 * config.num_classes,
-  }
-  if config.get("remove_conv4", False):  # conv5 reads conv3 (§7 ablation).
-    del macs["conv4"]
-    macs["conv5"] = conv(sizes["conv5"], c5, 3, c3 // towers)
-  return macs
-
-
-def _valid_taps(size: int, out: int, kernel: int, stride: int,
-                pad_low: int) -> int:
-  """Kernel taps, summed over output positions, that land inside the input.
-
-  Along one spatial dimension; the rest fall on zero padding.
-  """
-  return sum(1 for o in range(out) for j in range(kernel)
-             if 0 <= o * stride - pad_low + j < size)
-
-
-def forward_macs_without_padding(config: ml_collections.ConfigDict
-                                 ) -> dict[str, int]:
-  """`forward_macs_per_image` without the taps that multiply zero padding.
-
-  This is what XLA's cost analysis counts for a padded convolution (conv1's
-  bottom/right pad of 3 at 224, the SAME padding of conv2-conv5), so it is
-  the analytic figure to hold XLA's `cost_analysis()` against.
-  """
-  macs = forward_macs_per_image(config)
-  sizes = model_lib.spatial_sizes(config.image_size, config.pool_window,
-                                  config.pool_stride)
-  inputs = dict(conv1=config.image_size, conv2=sizes["pool1"],
-                conv3=sizes["pool2"], conv4=sizes["conv3"],
-                conv5=sizes["conv4"])
-  for name, kernel, stride in (("conv1", 11, 4), ("conv2", 5, 1),
-                               ("conv3", 3, 1), ("conv4", 3, 1),
-                               ("conv5", 3, 1)):
-    if name not in macs:
-      continue
-    pad_low = 0 if name == "conv1" else (kernel - 1) // 2
-    valid = _valid_taps(inputs[name], sizes[name], kernel, stride, pad_low)
-    # Every tap is an equal share of the layer's multiply-adds.
-    macs[name] = macs[name] * valid ** 2 // (sizes[name] * kernel) ** 2
-  return macs
-
-
-def analytic_flops(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """FLOPs per image: forward = 2 x multiply-adds; train step = 3x forward.
-
-  The backward pass costs two matmuls per forward one (gradient of the input
-  and of the weights), hence the usual 3x. The step computes slightly less:
-  conv1's input gradient is never needed (the image takes no gradient), so
-  `train_flops_per_image_exact` = 2 x (3 x forward MACs - conv1 MACs).
-  MFU is computed with the 3x convention. `..._without_padding`: see
-  `forward_macs_without_padding`.
-  """
-  layers = forward_macs_per_image(config)
-  macs = sum(layers.values())
-  unpadded = forward_macs_without_padding(config)
-  return {
-      "forward_macs_per_layer": layers,
-      "forward_macs_per_image": macs,
-      "forward_macs_per_image_without_padding": sum(unpadded.values()),
-      "forward_flops_per_image_without_padding": 2 * sum(unpadded.values()),
-      "forward_flops_per_image": 2 * macs,
-      "train_flops_per_image": 3 * 2 * macs,
-      "train_flops_per_image_exact": 2 * (3 * macs - layers["conv1"]),
-  }
-
-
-# ---------------------------------------------------------------------------
-# Collectives: parsed from the compiled HLO, and the analytic minimum.
-# ---------------------------------------------------------------------------
-
-def analytic_collective_bytes(config: ml_collections.ConfigDict,
-                              mesh_shape: tuple[int, int],
-                              batch_size: int) -> dict[str, Any]:
-  """Minimum bytes each device sends per train step for the chosen scheme.
-
-  Values per image per device on a model axis of m devices, T towers (S2:
-  pool2 size, C2 and F6 per-tower widths), bytes of the compute dtype
-  except fc8's partial logits, which are summed in float32:
-
-    forward   conv3 all-gather of pool2:  (m-1)/m x S2*S2*T*C2 (m = 2: the
-                                          own tower's 13x13x128)
-              fc6 reduce-scatter:         (m-1) x T/m*F6 (the own shard)
-              fc7 all-gather:             (m-1)/m x T*F6
-              fc8 all-reduce:             2 (m-1)/m x classes
-    backward  the transposes of conv3, fc6 and fc7 (a reduce-scatter, an
-              all-gather and a reduce-scatter of the same sizes). fc8's sum
-              needs no backward collective: the logits, and so their
-              gradient, are already whole on every device of a tower pair
-              (the transpose of psum there is the identity), so the backward
-              moves 2 x classes x (m-1)/m x 4 bytes less than the forward.
-              parallel.py's table counts it twice (4,000 B/image more).
-    data axis d > 1: the gradient all-reduce of the device's parameters
-              (float32), 2 (d-1)/d x their bytes, and of the 3 scalars of
-              the step's metrics (loss, top-1 and top-5 sums over the
-              global batch).
-
-  With the paper's sizes on 1 x 2, float32: 106,912 B/image forward (as in
-  parallel.py) and 102,912 backward.
-  """
-  data, m = mesh_shape
-  per_shard = batch_size // data
-  result = {"model_forward": 0.0, "model_backward": 0.0, "data": 0.0}
-  if m > 1:
-    item = jnp.dtype(config.dtype).itemsize
-    towers = config.num_towers
-    c2 = config.conv_features[1]
-    f6 = config.fc_features[0]
-    sizes = model_lib.spatial_sizes(config.image_size, config.pool_window,
-                                    config.pool_stride)
-    frac = (m - 1) / m
-    conv3 = frac * sizes["pool2"] ** 2 * towers * c2 * item
-    fc6 = (m - 1) * (towers // m) * f6 * item
-    fc7 = frac * towers * f6 * item
-    fc8 = 2 * frac * config.num_classes * 4
-    result["model_forward"] = per_shard * (conv3 + fc6 + fc7 + fc8)
-    result["model_backward"] = per_shard * (conv3 + fc6 + fc7)
-  if data > 1:
-    shapes = model_lib.param_shapes(config)
-    local = sum(math.prod(x.shape) // (
-        1 if (name, leaf) in parallel.REPLICATED_PARAMS else m)
-                for name, params in shapes.items()
-                for leaf, x in params.items())
-    result["data"] = 2 * (data - 1) / data * (local + 3) * 4
-  result["total"] = sum(result.values())
-  return result
-
-
-# ---------------------------------------------------------------------------
-# Peaks.
-# ---------------------------------------------------------------------------
-
-
-def datasheet_peak(device: jax.Device, dtype: str) -> float | None:
-  """Datasheet dense peak FLOP/s of one device for `dtype`, or None."""
-  kind = getattr(device, "device_kind", "")
-  for name, peaks in PEAK_TFLOPS:
-    if name.lower() in kind.lower():
-      return peaks[dtype] * 1e12
-  return None
-
-
-def measure_matmul_flops(devices: Sequence[jax.Device], size: int = 4096,
-                         dtype: str = "float32", repeats: int = 5) -> float:
-  """Best FLOP/s of `size`^3 matmuls, one per device, all devices at once.
-
-  On CPU the fake devices share the cores, so this is the rate the same
-  cores reach on a plain large matmul: the denominator of CPU MFU.
-  """
-  mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
-  sharding = jax.sharding.NamedSharding(mesh, P("d"))
-  n = len(devices)
-  a = jax.jit(lambda k: jax.random.normal(k, (n, size, size), dtype),
-              out_shardings=sharding)(jax.random.key(0))
-  matmul = jax.jit(jax.shard_map(lambda x, y: x @ y, mesh=mesh,
-                                 in_specs=(P("d"), P("d")),
-                                 out_specs=P("d")))
-  jax.block_until_ready(matmul(a, a))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(matmul(a, a))
-    times.append(time.perf_counter() - start)
-  return 2 * n * size ** 3 / min(times)
-
-
-# ---------------------------------------------------------------------------
-# The train-step benchmark.
-# ---------------------------------------------------------------------------
+from benchmarks import costs
+from benchmarks import hlo
+from benchmarks import machine
+from benchmarks import op_profile
 
 
 def mesh_shapes(spec: str, num_devices: int, num_towers: int,
@@ -428,11 +198,12 @@ class TrainStepCase:
     loss = float(self.metrics["loss"])
     profile = None
     if profile_dir is not None:
-      profile = profile_steps(
+      profile = op_profile.profile_steps(
           self.compiled, self.state, self.batch, hlo_text, profile_dir,
           num_devices=num_devices,
-          kernels=kernel_layers(config.model, parallel.towers_per_device(
-              self.mesh, config.model.num_towers)))
+          kernels=op_profile.kernel_layers(
+              config.model, parallel.towers_per_device(
+                  self.mesh, config.model.num_towers)))
     step_s = statistics.median(self.wall)
     collectives = hlo.collectives(hlo_text, mesh_shape)
     xla_step = _cost_flops(self.compiled)
@@ -457,150 +228,17 @@ class TrainStepCase:
         "xla_forward_flops_per_image": per_image(xla_forward),
         "collectives": collectives,
         "collective_bytes_sent_per_device": hlo.summarize(collectives),
-        "analytic_collective_bytes_per_device": analytic_collective_bytes(
-            config.model, mesh_shape, batch_size),
+        "analytic_collective_bytes_per_device": (
+            costs.analytic_collective_bytes(config.model, mesh_shape,
+                                            batch_size)),
         "memory": _memory(self.compiled, devices),
         "profile": profile,
     }
 
 
 # ---------------------------------------------------------------------------
-# Where the time goes: a jax.profiler trace of two steps, per HLO op.
-# ---------------------------------------------------------------------------
-
-# Einsums of the fc layers (model.py) by their subscripts.
-_FC_EINSUMS = {"bti,tio->bo": "fc6", "bi,tio->bto": "fc7",
-               "bti,tik->bk": "fc8"}
-
-
-def kernel_layers(config: ml_collections.ConfigDict,
-                  towers_local: int) -> dict[tuple[int, ...], str]:
-  """Conv layer by the sorted dims of its per-device kernel gradient.
-
-  XLA's weight-gradient convolutions carry no op_name; their result is the
-  kernel in some dim order: (k, k, inputs, local towers x outputs) for the
-  layers whose towers share one convolution (conv1, conv3), (k, k, inputs
-  per tower, outputs) for the one-convolution-per-tower layers (model.py).
-  """
-  towers = config.num_towers
-  c1, c2, c3, c4, c5 = config.conv_features
-  inputs = dict(conv1=3, conv2=c1, conv3=towers * c2, conv4=c3, conv5=c4)
-  outputs = dict(conv1=towers_local * c1, conv2=c2,
-                 conv3=towers_local * c3, conv4=c4, conv5=c5)
-  sizes = dict(conv1=11, conv2=5, conv3=3, conv4=3, conv5=3)
-  return {tuple(sorted((sizes[n], sizes[n], inputs[n], outputs[n]))): n
-          for n in sizes}
-
-
-def _op_category(line: str, body: str, num_devices: int,
-                 kernels: dict[tuple[int, ...], str] | None = None) -> str:
-  """A readable group for one top-level HLO op (fusion bodies included)."""
-  op_name = re.search(r'op_name="([^"]*)"', line)
-  op_name = op_name.group(1) if op_name else ""
-  phase = ("bwd" if "transpose(" in op_name else
-           "fwd" if "jvp(" in op_name else "")
-  opcode = re.search(r"= (?:\(.*?\)|\S+) ([\w\-]+)\(", line)
-  opcode = opcode.group(1) if opcode else ""
-  if any(opcode.startswith(op) for op in hlo.COLLECTIVE_OPS):
-    group = hlo.replica_groups(line, num_devices)[0]
-    return "collectives" + (" (1-device groups: copies)"
-                            if len(group) == 1 else "")
-  layer = re.search(r"AlexNet/(conv\d|fc\d)/", op_name)
-  einsum = re.search(r"AlexNet/([a-z,]+->[a-z]+)/", op_name)
-  layer = layer.group(1) if layer else (
-      _FC_EINSUMS.get(einsum.group(1)) if einsum else None)
-  text = line + body
-  if "convolution(" in text:
-    if layer:
-      return f"conv {layer} {phase}"
-    dims = re.match(r"\s*\S+ = [a-z\d]+\[([\d,]+)\]", line)
-    dims = tuple(sorted(int(d) for d in dims.group(1).split(","))
-                 ) if dims else ()
-    return f"conv {(kernels or {}).get(dims, '?')} weight gradient"
-  if " dot(" in text:
-    return f"matmul {layer} {phase}" if layer else "matmul (other)"
-  if "_lrn" in op_name:
-    return f"LRN {phase}"
-  if ("_pool" in op_name or "select-and-scatter" in text or
-      "reduce-window(" in text or opcode == "iota" or "iota(" in body):
-    return "max-pool (incl. argmax indices for its gradient)"
-  if "_dropout" in op_name or "threefry" in text or "rng-bit" in text:
-    return "dropout masks"
-  if opcode in ("copy", "transpose") or re.search(
-      r"(copy|transpose)[\w.]*fusion", line.split("=")[0]):
-    return "layout copies / transposes"
-  return "other elementwise (ReLU, bias, optimizer, loss)"
-
-
-def profile_steps(compiled: Any, state: Any, batch: Any, hlo_text: str,
-                  log_dir: str, num_devices: int, num_steps: int = 2,
-                  kernels: dict[tuple[int, ...], str] | None = None
-                  ) -> dict[str, Any]:
-  """Traces `num_steps` steps with jax.profiler; see `summarize_trace`."""
-  jax.profiler.start_trace(log_dir)
-  start = time.perf_counter()
-  for _ in range(num_steps):
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-  wall = (time.perf_counter() - start) / num_steps
-  jax.profiler.stop_trace()
-  trace = sorted(glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"),
-                           recursive=True), key=os.path.getmtime)[-1]
-  summary = summarize_trace(trace, hlo_text, num_devices, num_steps, kernels)
-  summary.update(wall_s_per_step=wall, trace=trace)
-  return summary
-
-
-def summarize_trace(trace: str, hlo_text: str, num_devices: int,
-                    num_steps: int,
-                    kernels: dict[tuple[int, ...], str] | None = None
-                    ) -> dict[str, Any]:
-  """Time per op group of a trace of `num_steps` steps of `hlo_text`.
-
-  Sums the durations of the trace events named like the program's
-  top-level ops, over all threads: on CPU this is the time threads spent
-  in each group (including time descheduled by other jobs), so
-  `busy_s_per_step` over the wall time is the average number of busy
-  threads.
-  """
-  entry = hlo_text[hlo_text.index("\nENTRY"):]
-  bodies = {}
-  for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text,
-                       re.M | re.S):
-    bodies[m.group(1)] = m.group(2)
-  ops = {}
-  for line in entry.splitlines():
-    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
-    if m:
-      called = re.search(r"calls=%?([\w.\-]+)", line)
-      body = bodies.get(called.group(1), "") if called else ""
-      ops[m.group(1)] = _op_category(line, body, num_devices, kernels)
-  busy = collections.Counter()
-  for plane in jax.profiler.ProfileData.from_file(trace).planes:
-    for line in plane.lines:
-      for event in line.events:
-        if event.name in ops:
-          busy[ops[event.name]] += event.duration_ns / 1e9 / num_steps
-  return {"busy_s_per_step": sum(busy.values()),
-          "busy_s_by_group": dict(busy.most_common())}
-
-
-# ---------------------------------------------------------------------------
 # The whole report.
 # ---------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-  """The CPU model from /proc/cpuinfo (input_benchmark has the same, but
-  importing it imports TensorFlow)."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      fields = dict(line.split(":", 1) for line in f if ":" in line)
-    name, family, number = (fields.get(key, "").strip() for key in (
-        "model name\t", "cpu family\t", "model\t\t"))
-    return f"{name} (family {family}, model {number})"
-  except OSError:
-    return platform.processor() or "unknown"
 
 
 def _with_dtype(config: ml_collections.ConfigDict, dtype: str
@@ -645,14 +283,14 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
   """
   devices = jax.devices()
   backend = jax.default_backend()
-  flops = analytic_flops(config.model)
+  flops = costs.analytic_flops(config.model)
   shapes = mesh_shapes(meshes, len(devices), config.model.num_towers,
                        math.gcd(*batch_sizes))
   report = {
       "backend": backend,
       "device_kind": devices[0].device_kind,
       "num_devices": len(devices),
-      "cpu": cpu_model(),
+      "cpu": machine.cpu_model(),
       "cpus_visible": os.cpu_count(),
       "jax": jax.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -660,7 +298,7 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
       "num_params": model_lib.count_params(
           model_lib.param_shapes(config.model)),
       "analytic_flops": flops,
-      "paper_forward_macs": PAPER_FORWARD_MACS,
+      "paper_forward_macs": costs.PAPER_FORWARD_MACS,
       "timing": ("median of per-step wall times; every step is blocked on "
                  "(block_until_ready of the new state and metrics)"),
       "peak_memory_note": (
@@ -735,13 +373,13 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
     n = result["devices"]
     if backend == "cpu":
       if (n, "float32") not in peaks:
-        peaks[n, "float32"] = measure_matmul_flops(
+        peaks[n, "float32"] = machine.measure_matmul_flops(
             jax.devices()[:n], matmul_size, "float32")
       peak = peaks[n, "float32"]
       peak_source = (f"measured float32 {matmul_size}^3 matmul on the "
                      f"same {n} device(s)")
     else:
-      one = datasheet_peak(devices[0], dtype)
+      one = machine.datasheet_peak(devices[0], dtype)
       peak = None if one is None else one * n
       peak_source = "vendor datasheet, dense" if one else "unknown device"
     achieved = flops["train_flops_per_image"] * result["images_per_s"]
@@ -796,7 +434,7 @@ def format_report(report: dict[str, Any]) -> str:
           f"{k} {v / 1e6:.1f}M"
           for k, v in flops["forward_macs_per_layer"].items()) +
       f"; total {flops['forward_macs_per_image']:,} "
-      f"({flops['forward_macs_per_image'] / PAPER_FORWARD_MACS:.4f} x the "
+      f"({flops['forward_macs_per_image'] / costs.PAPER_FORWARD_MACS:.4f} x the "
       "paper's 724M)",
       f"FLOPs per image: forward {flops['forward_flops_per_image'] / 1e9:.3f}"
       f" G ({flops['forward_flops_per_image_without_padding'] / 1e9:.3f} G "
@@ -863,7 +501,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"Input pipeline, training transforms, {i['threads']} tf.data "
         f"thread, batch {i['batch_size']}: {i['images_per_s']:.1f} images/s "
         f"median, {i['images_per_cpu_s']:.1f} per CPU-second, best pass "
-        f"{i['best_images_per_s']:.1f} (alexnet_jax/input_benchmark.py)")
+        f"{i['best_images_per_s']:.1f} (benchmarks/input_pipeline.py)")
   return "\n".join(lines)
 
 
@@ -871,15 +509,15 @@ def benchmark_input(num_images: int = 256, passes: int = 3,
                     images_per_pass: int = 512) -> dict[str, Any]:
   """The training input pipeline's images/s on one core.
 
-  Delegates to alexnet_jax/input_benchmark.py (imported here: it needs
+  Delegates to benchmarks/input_pipeline.py (imported here: it needs
   TensorFlow, which the model benchmark does not).
   """
-  from alexnet_jax import input_benchmark  # pylint: disable=g-import-not-at-top
+  from benchmarks import input_pipeline  # pylint: disable=g-import-not-at-top
 
-  # One thread for TensorFlow's op pools too, as input_benchmark's main does.
-  input_benchmark._limit_tensorflow_threads(1)  # pylint: disable=protected-access
-  jpegs = input_benchmark.synthetic_jpegs(num_images)
-  return input_benchmark.benchmark(jpegs, "train", threads=1, passes=passes,
+  # One thread for TensorFlow's op pools too, as its command line does.
+  input_pipeline.limit_tensorflow_threads(1)
+  jpegs = input_pipeline.synthetic_jpegs(num_images)
+  return input_pipeline.benchmark(jpegs, "train", threads=1, passes=passes,
                                    images_per_pass=images_per_pass)
 
 
@@ -888,13 +526,13 @@ def benchmark_input(num_images: int = 256, passes: int = 3,
 # ---------------------------------------------------------------------------
 
 def define_flags() -> None:
-  """This tool's flags, defined only when it runs (other command lines of
-  the package define flags of the same names)."""
+  """This tool's flags, defined only when it runs (the other benchmarks,
+  which it may import, define flags of the same names)."""
   config_flags.DEFINE_config_file(
       "config", None, "Optional config file with `model` and `optim` sections "
       "(e.g. configs/ilsvrc2010.py:caffe_lrn); default: the paper's model and "
       "optimizer (model.default_config(), optim.default_config()).",
-      lock_config=False)
+      lock_config=True)
   flags.DEFINE_list(
       "batch_size", ["128"], "Global batch size, or a list of them to sweep "
       "(e.g. 128,512,2048): the report adds the best one per mesh and dtype.")
@@ -960,7 +598,7 @@ def main(argv: Sequence[str]) -> None:
   if f.input:
     report["input_pipeline"] = benchmark_input()
   report["load_average_end"] = os.getloadavg()
-  report["command"] = " ".join(["python -m alexnet_jax.benchmark"] +
+  report["command"] = " ".join(["python -m benchmarks.train_step"] +
                                sys.argv[1:])
   print()
   print(format_report(report))

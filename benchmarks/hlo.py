@@ -3,8 +3,9 @@
 JAX exposes a compiled program as HLO text (`jax.jit(f).lower(...).compile()
 .as_text()`); it has no stable structured view of the collectives a program
 runs. This module is the project's one reader of that text: the test of where
-the towers communicate (tests/test_parallel.py) and the benchmark's byte
-counts both use it.
+the towers communicate (tests/test_parallel.py) and the train-step
+benchmark's byte counts (train_step.py) both use it. Training does not, so
+it lives with the benchmarks, outside the installed package.
 
 XLA has printed a collective's device groups (`replica_groups=`) in three
 forms, all read here:

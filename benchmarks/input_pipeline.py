@@ -12,33 +12,34 @@ also gives images per CPU-second of the whole process (which checks that
 shared with other jobs) and the best pass.
 
 Usage:
-  python -m alexnet_jax.input_benchmark [--num_images=512] [--threads=1] \\
+  python -m benchmarks.input_pipeline [--num_images=512] [--threads=1] \\
       [--json=FILE]
-  python -m alexnet_jax.input_benchmark --dataset=ilsvrc2010_mini \\
+  python -m benchmarks.input_pipeline --dataset=ilsvrc2010_mini \\
       --data_dir=data/tfds   # JPEGs of a prepared data set instead
 
-The paper's machine trained at about 230 images/s (§5: ~90 epochs in 5-6 days); our target
-is at least 1,200 training images/s per core.
+The paper's machine trained at about 230 images/s (§5: ~90 epochs in 5-6
+days); our target is at least 1,200 training images/s per core.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from typing import Any, Literal
 
+from absl import flags
 import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from alexnet_jax import cli
 from alexnet_jax import input_pipeline
+from benchmarks import machine
 
 Mode = Literal["train", "eval_center", "eval_ten"]
 MODES: tuple[Mode, ...] = ("train", "eval_center", "eval_ten")
@@ -188,7 +189,7 @@ def benchmark(jpegs: Sequence[bytes], mode: Mode, *, threads: int = 1,
   return result
 
 
-def _limit_tensorflow_threads(threads: int) -> None:
+def limit_tensorflow_threads(threads: int) -> None:
   """Caps TensorFlow's own op thread pools, which XLA also runs on.
 
   tf.data's options bound its private pool, but the XLA-compiled batch
@@ -203,54 +204,46 @@ def _limit_tensorflow_threads(threads: int) -> None:
           "not limited", file=sys.stderr)
 
 
-def cpu_model() -> str:
-  """The CPU model name from /proc/cpuinfo (or the platform's guess)."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      fields = dict(line.split(":", 1) for line in f if ":" in line)
-    model = fields.get("model name\t", "").strip()
-    family = fields.get("cpu family\t", "").strip()
-    number = fields.get("model\t\t", "").strip()
-    return f"{model} (family {family}, model {number})"
-  except OSError:
-    return platform.processor() or "unknown"
+def define_flags() -> None:
+  """This tool's flags, defined only when it runs (train_step.py imports
+  this module and has flags of the same names)."""
+  flags.DEFINE_string(
+      "dataset", None, "Data set name for alexnet_jax.data.get_builder; "
+      "default: generated 256x256 JPEGs.")
+  flags.DEFINE_string("data_dir", None, "TFDS data dir of the prepared "
+                      "--dataset.")
+  flags.DEFINE_integer("num_images", 512, "Distinct images, cycled through.")
+  flags.DEFINE_integer("threads", 1, "tf.data threads (1 = per core).")
+  flags.DEFINE_list("modes", list(MODES), f"A subset of {MODES}.")
+  flags.DEFINE_integer("crop_size", 224, "Side of the crops.")
+  flags.DEFINE_integer("passes", 5, "Timed passes (median reported).")
+  flags.DEFINE_integer("images_per_pass", 1024, "Images per timed pass.")
+  flags.DEFINE_bool(
+      "check_headers", False, "Check every JPEG's size (the path for "
+      "builders that store original-size images).")
+  flags.DEFINE_string("json", None, "Write the report here as JSON.")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m alexnet_jax.input_benchmark",
-      description=__doc__.split("\n", maxsplit=1)[0])
-  parser.add_argument("--dataset", default=None,
-                      help="data set name for alexnet_jax.data.get_builder; "
-                      "default: generated 256x256 JPEGs")
-  parser.add_argument("--data_dir", default=None,
-                      help="TFDS data dir of the prepared --dataset")
-  parser.add_argument("--num_images", type=int, default=512,
-                      help="distinct images, cycled through")
-  parser.add_argument("--threads", type=int, default=1,
-                      help="tf.data threads (1 = per core)")
-  parser.add_argument("--modes", default=",".join(MODES),
-                      help=f"comma-separated subset of {MODES}")
-  parser.add_argument("--crop_size", type=int, default=224)
-  parser.add_argument("--passes", type=int, default=5)
-  parser.add_argument("--images_per_pass", type=int, default=1024)
-  parser.add_argument("--check_headers", action="store_true",
-                      help="check every JPEG's size (the path for builders "
-                      "that store original-size images)")
-  parser.add_argument("--json", default=None, help="write results here")
-  args = parser.parse_args(argv)
-  _limit_tensorflow_threads(args.threads)
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise cli.UserError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  unknown = [mode for mode in f.modes if mode not in MODES]
+  if unknown:
+    raise cli.UserError(f"--modes: unknown {unknown}; choose from "
+                        f"{', '.join(MODES)}.")
+  limit_tensorflow_threads(f.threads)
 
-  if args.dataset:
-    jpegs = dataset_jpegs(args.dataset, args.data_dir, args.num_images)
-    source = f"{args.dataset} ({args.data_dir})"
+  if f.dataset:
+    jpegs = dataset_jpegs(f.dataset, f.data_dir, f.num_images)
+    source = f"{f.dataset} ({f.data_dir})"
   else:
-    jpegs = synthetic_jpegs(args.num_images)
+    jpegs = synthetic_jpegs(f.num_images)
     source = "generated 256x256 JPEGs, quality 90"
   report = {
-      "command": " ".join(["python -m alexnet_jax.input_benchmark"] +
-                          list(sys.argv[1:] if argv is None else argv)),
-      "cpu": cpu_model(),
+      "command": " ".join(["python -m benchmarks.input_pipeline"] +
+                          sys.argv[1:]),
+      "cpu": machine.cpu_model(),
       "load_average": os.getloadavg(),
       "cpus_visible": os.cpu_count(),
       "tensorflow": tf.__version__,
@@ -261,21 +254,21 @@ def main(argv: Sequence[str] | None = None) -> int:
   }
   print(f"CPU: {report['cpu']}; {source}: {len(jpegs)} images, mean "
         f"{report['mean_jpeg_bytes'] / 1024:.1f} KiB")
-  for mode in args.modes.split(","):
-    result = benchmark(jpegs, mode, threads=args.threads,
-                       crop_size=args.crop_size, passes=args.passes,
-                       images_per_pass=args.images_per_pass,
-                       images_prepared=None if args.check_headers else True)
+  for mode in f.modes:
+    result = benchmark(jpegs, mode, threads=f.threads,
+                       crop_size=f.crop_size, passes=f.passes,
+                       images_per_pass=f.images_per_pass,
+                       images_prepared=None if f.check_headers else True)
     report["results"].append(result)
-    print(f"{mode:12s} threads={args.threads} batch={result['batch_size']:4d}"
+    print(f"{mode:12s} threads={f.threads} batch={result['batch_size']:4d}"
           f" {result['images_per_s']:8.1f} images/s median "
           f"({result['images_per_cpu_s']:.1f} per CPU-second, best pass "
           f"{result['best_images_per_s']:.1f})")
-  if args.json:
-    with open(args.json, "w", encoding="utf-8") as f:
-      json.dump(report, f, indent=2)
-  return 0
+  if f.json:
+    with open(f.json, "w", encoding="utf-8") as out:
+      json.dump(report, out, indent=2)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  define_flags()
+  cli.run(main)

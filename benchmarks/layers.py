@@ -1,12 +1,12 @@
 r"""Alternative forms of the costliest layers, timed against the model's own.
 
-A tool, not a test. The train-step profile (`alexnet_jax.benchmark
+A tool, not a test. The train-step profile (`python -m benchmarks.train_step
 --profile`) names max-pool, LRN and conv1 among the largest costs; this
 times other ways to compute each, in isolation at the paper's shapes, so a
 change to model.py can be judged on the backend at hand before it is timed
 in the whole step:
 
-  python -m alexnet_jax.layer_benchmark [--batch_size=128]
+  python -m benchmarks.layers [--batch_size=128]
       [--layers=pool,lrn,conv1,wgrad] [--dtypes=float32,bfloat16]
       [--repeats=7]
 
@@ -23,7 +23,7 @@ Each line: median wall time of `--repeats` calls after one untimed call
 (forward, and forward + backward of sum(y^2): the input gradient, or for
 conv1 the kernel gradient, as in the model), and the largest difference of
 that gradient from the model's form's. Figures and conclusions on CPU are in
-the README ("Performance").
+benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ def run(batch_size: int = 128, layers: Sequence[str] = ("pool", "lrn",
 
 
 def define_flags() -> None:
-  """This tool's flags (defined only when it runs: benchmark.py, importable
+  """This tool's flags (defined only when it runs: train_step.py, importable
   beside it, has flags of the same names)."""
   flags.DEFINE_integer("batch_size", 128, "Batch size.")
   flags.DEFINE_list("layers", ["pool", "lrn", "conv1", "wgrad"],

@@ -1,4 +1,4 @@
-"""The benchmark tool (alexnet_jax/benchmark.py) on the tiny model.
+"""The train-step benchmark (benchmarks/train_step.py) on the tiny model.
 
 Figures are not checked (the machine is shared); what is checked is that
 the report is complete, and that its analytic FLOPs and the collective
@@ -11,66 +11,13 @@ import sys
 
 import pytest
 
-from alexnet_jax import benchmark
-from alexnet_jax import model as model_lib
+from benchmarks import train_step
 from tests import helpers
-
-
-def test_paper_forward_multiply_adds():
-  """The paper's ~724M multiply-adds per image (§3), exactly."""
-  flops = benchmark.analytic_flops(model_lib.default_config())
-  assert flops["forward_macs_per_layer"] == {
-      "conv1": 55 * 55 * 96 * (11 * 11 * 3),
-      "conv2": 27 * 27 * 256 * (5 * 5 * 48),  # Own tower's 48 channels.
-      "conv3": 13 * 13 * 384 * (3 * 3 * 256),  # Both towers' 256.
-      "conv4": 13 * 13 * 384 * (3 * 3 * 192),
-      "conv5": 13 * 13 * 256 * (3 * 3 * 192),
-      "fc6": 6 * 6 * 256 * 4096,
-      "fc7": 4096 * 4096,
-      "fc8": 4096 * 1000,
-  }
-  # A change here means the model's shapes changed.
-  assert flops["forward_macs_per_image"] == 724_406_816
-  assert flops["forward_macs_per_image"] == pytest.approx(724e6, rel=0.02)
-  assert flops["forward_flops_per_image"] == 2 * 724_406_816
-  assert flops["train_flops_per_image"] == 6 * 724_406_816
-  assert flops["train_flops_per_image_exact"] == 2 * (
-      3 * 724_406_816 - 55 * 55 * 96 * 363)
-  # Without the kernel taps on zero padding (what XLA's cost analysis
-  # counts): per dimension conv1 55*11 - 3 taps of 55*11, conv2 27*5 - 6 of
-  # 27*5, conv3-5 13*3 - 2 of 13*3.
-  assert flops["forward_macs_per_image_without_padding"] == (
-      602 ** 2 * 96 * 3 + 129 ** 2 * 256 * 48 + 37 ** 2 * 384 * 256 +
-      37 ** 2 * 384 * 192 + 37 ** 2 * 256 * 192 + 6 * 6 * 256 * 4096 +
-      4096 * 4096 + 4096 * 1000) == 670_279_808
-
-
-def test_tiny_forward_multiply_adds():
-  # 99x99 input: conv1 23x23, pool1 11, pool2 5, pool5 2 (helpers.py).
-  # Per tower (6, 8, 12, 12, 8) conv and (16, 16) fc units, 2 towers.
-  flops = benchmark.analytic_flops(helpers.tiny_model_config())
-  hand = (23 * 23 * 12 * (11 * 11 * 3)  # conv1
-          + 11 * 11 * 16 * (5 * 5 * 6)  # conv2, own tower
-          + 5 * 5 * 24 * (3 * 3 * 16)  # conv3, both towers
-          + 5 * 5 * 24 * (3 * 3 * 12)  # conv4
-          + 5 * 5 * 16 * (3 * 3 * 12)  # conv5
-          + 2 * 2 * 16 * 32  # fc6
-          + 32 * 32  # fc7
-          + 32 * 10)  # fc8
-  assert hand == 2_792_516
-  assert flops["forward_macs_per_image"] == hand
-  assert flops["train_flops_per_image"] == 6 * hand
-  # 99 needs no padding in conv1; SAME padding: conv2 11*5 - 6 taps of 11*5
-  # per dimension, conv3-5 5*3 - 2 of 5*3.
-  assert flops["forward_macs_per_image_without_padding"] == (
-      23 ** 2 * 121 * 12 * 3 + 49 ** 2 * 16 * 6 + 13 ** 2 * 24 * 16 +
-      13 ** 2 * 24 * 12 + 13 ** 2 * 16 * 12 + 2 * 2 * 16 * 32 + 32 * 32 +
-      32 * 10)
 
 
 @pytest.fixture(scope="module")
 def report():
-  return benchmark.run(helpers.tiny_config(), batch_sizes=(4, 8),
+  return train_step.run(helpers.tiny_config(), batch_sizes=(4, 8),
                        meshes="1x1,1x2", dtypes=("float32",), steps=2,
                        warmup=1, matmul_size=256, log=lambda *_: None)
 
@@ -104,7 +51,7 @@ def test_report_is_complete_json(report):
     assert unpadded <= xla <= 1.1 * unpadded, (xla, unpadded)
     assert r["memory"]["peak_device_bytes"] is None  # CPU: not reported.
     assert r["memory"]["compiled_bytes_per_device"] > 0
-  table = benchmark.format_report(report)
+  table = train_step.format_report(report)
   assert "1x2" in table and "2,792,516" in table
 
 
@@ -136,18 +83,18 @@ def test_collective_bytes_from_hlo_equal_the_analytic_minimum(report):
 
 
 def test_mesh_shapes():
-  assert benchmark.mesh_shapes("auto", 1, 2, 128) == [(1, 1)]
-  assert benchmark.mesh_shapes("auto", 2, 2, 128) == [(1, 1), (1, 2),
+  assert train_step.mesh_shapes("auto", 1, 2, 128) == [(1, 1)]
+  assert train_step.mesh_shapes("auto", 2, 2, 128) == [(1, 1), (1, 2),
                                                       (2, 1)]
-  assert benchmark.mesh_shapes("auto", 4, 2, 128) == [
+  assert train_step.mesh_shapes("auto", 4, 2, 128) == [
       (1, 1), (1, 2), (2, 1), (2, 2), (4, 1)]
-  assert benchmark.mesh_shapes("auto", 2, 1, 128) == [(1, 1), (2, 1)]
-  assert benchmark.mesh_shapes("1x2, 2x2", 4, 2, 128) == [(1, 2), (2, 2)]
-  assert benchmark.mesh_shapes("none", 4, 2, 128) == []
+  assert train_step.mesh_shapes("auto", 2, 1, 128) == [(1, 1), (2, 1)]
+  assert train_step.mesh_shapes("1x2, 2x2", 4, 2, 128) == [(1, 2), (2, 2)]
+  assert train_step.mesh_shapes("none", 4, 2, 128) == []
 
 
 def test_model_benchmark_does_not_import_tensorflow():
-  code = ("import sys, alexnet_jax.benchmark; "
+  code = ("import sys, benchmarks.train_step; "
           "assert 'tensorflow' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], cwd=helpers.REPO_ROOT,
                  check=True, timeout=120)
@@ -161,15 +108,15 @@ def test_best_batch_skips_batches_that_did_not_fit():
            error="out of device memory"),
       dict(mesh="1x2", dtype="bfloat16", batch_size=128, images_per_s=5.0),
   ]
-  assert benchmark.best_batches(results) == [dict(
+  assert train_step.best_batches(results) == [dict(
       mesh="1x1", dtype="bfloat16", batch_size=512, images_per_s=30.0,
       batch_sizes=[128, 512])]
-  assert "out of device memory" in benchmark.format_row(results[2])
+  assert "out of device memory" in train_step.format_row(results[2])
 
 
 def test_bad_batch_size_flag_is_a_usage_error():
   result = subprocess.run(
-      [sys.executable, "-m", "alexnet_jax.benchmark", "--batch_size=128,x",
+      [sys.executable, "-m", "benchmarks.train_step", "--batch_size=128,x",
        "--meshes=none"], cwd=helpers.REPO_ROOT, capture_output=True,
       text=True, check=False)
   assert result.returncode != 0
@@ -178,14 +125,14 @@ def test_bad_batch_size_flag_is_a_usage_error():
 
 def test_interleaved_cases_run_the_same_steps(report):
   """--interleave: same cases and the same training as one after another."""
-  interleaved = benchmark.run(
+  interleaved = train_step.run(
       helpers.tiny_config(), batch_sizes=(4,), meshes="1x1,1x2",
       dtypes=("float32",), steps=2, warmup=1, matmul_size=256,
       interleave=True, log=lambda *_: None)
   apart = {r["mesh"]: r for r in report["results"] if r["batch_size"] == 4}
   assert [r["mesh"] for r in interleaved["results"]] == ["1x1", "1x2"]
   assert interleaved["results"][0]["speed_vs_first_case"] == 1.0
-  assert "speed relative to 1x1 float32" in benchmark.format_report(
+  assert "speed relative to 1x1 float32" in train_step.format_report(
       interleaved)
   for r in interleaved["results"]:
     assert len(r["step_s"]) == 2 and r["images_per_s"] > 0

@@ -1,0 +1,141 @@
+"""Where the time of a train step goes: a jax.profiler trace, per HLO op.
+
+`profile_steps` traces a few steps of a compiled train step and
+`summarize_trace` adds up the time of the program's top-level ops by group:
+convolutions and matmuls per layer and direction, LRN, max-pool, dropout
+masks, collectives, layout copies and the rest. Ops are named from the
+`op_name` metadata XLA keeps from the model's flax modules; XLA's
+weight-gradient convolutions carry none and are named by their shape
+(`kernel_layers`).
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import os
+import re
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from benchmarks import hlo
+
+# Einsums of the fc layers (model.py) by their subscripts.
+_FC_EINSUMS = {"bti,tio->bo": "fc6", "bi,tio->bto": "fc7",
+               "bti,tik->bk": "fc8"}
+
+
+def kernel_layers(config: ml_collections.ConfigDict,
+                  towers_local: int) -> dict[tuple[int, ...], str]:
+  """Conv layer by the sorted dims of its per-device kernel gradient.
+
+  XLA's weight-gradient convolutions carry no op_name; their result is the
+  kernel in some dim order: (k, k, inputs, local towers x outputs) for the
+  layers whose towers share one convolution (conv1, conv3), (k, k, inputs
+  per tower, outputs) for the one-convolution-per-tower layers (model.py).
+  """
+  towers = config.num_towers
+  c1, c2, c3, c4, c5 = config.conv_features
+  inputs = dict(conv1=3, conv2=c1, conv3=towers * c2, conv4=c3, conv5=c4)
+  outputs = dict(conv1=towers_local * c1, conv2=c2,
+                 conv3=towers_local * c3, conv4=c4, conv5=c5)
+  sizes = dict(conv1=11, conv2=5, conv3=3, conv4=3, conv5=3)
+  return {tuple(sorted((sizes[n], sizes[n], inputs[n], outputs[n]))): n
+          for n in sizes}
+
+
+def _op_category(line: str, body: str, num_devices: int,
+                 kernels: dict[tuple[int, ...], str] | None = None) -> str:
+  """A readable group for one top-level HLO op (fusion bodies included)."""
+  op_name = re.search(r'op_name="([^"]*)"', line)
+  op_name = op_name.group(1) if op_name else ""
+  phase = ("bwd" if "transpose(" in op_name else
+           "fwd" if "jvp(" in op_name else "")
+  opcode = re.search(r"= (?:\(.*?\)|\S+) ([\w\-]+)\(", line)
+  opcode = opcode.group(1) if opcode else ""
+  if any(opcode.startswith(op) for op in hlo.COLLECTIVE_OPS):
+    group = hlo.replica_groups(line, num_devices)[0]
+    return "collectives" + (" (1-device groups: copies)"
+                            if len(group) == 1 else "")
+  layer = re.search(r"AlexNet/(conv\d|fc\d)/", op_name)
+  einsum = re.search(r"AlexNet/([a-z,]+->[a-z]+)/", op_name)
+  layer = layer.group(1) if layer else (
+      _FC_EINSUMS.get(einsum.group(1)) if einsum else None)
+  text = line + body
+  if "convolution(" in text:
+    if layer:
+      return f"conv {layer} {phase}"
+    dims = re.match(r"\s*\S+ = [a-z\d]+\[([\d,]+)\]", line)
+    dims = tuple(sorted(int(d) for d in dims.group(1).split(","))
+                 ) if dims else ()
+    return f"conv {(kernels or {}).get(dims, '?')} weight gradient"
+  if " dot(" in text:
+    return f"matmul {layer} {phase}" if layer else "matmul (other)"
+  if "_lrn" in op_name:
+    return f"LRN {phase}"
+  if ("_pool" in op_name or "select-and-scatter" in text or
+      "reduce-window(" in text or opcode == "iota" or "iota(" in body):
+    return "max-pool (incl. argmax indices for its gradient)"
+  if "_dropout" in op_name or "threefry" in text or "rng-bit" in text:
+    return "dropout masks"
+  if opcode in ("copy", "transpose") or re.search(
+      r"(copy|transpose)[\w.]*fusion", line.split("=")[0]):
+    return "layout copies / transposes"
+  return "other elementwise (ReLU, bias, optimizer, loss)"
+
+
+def profile_steps(compiled: Any, state: Any, batch: Any, hlo_text: str,
+                  log_dir: str, num_devices: int, num_steps: int = 2,
+                  kernels: dict[tuple[int, ...], str] | None = None
+                  ) -> dict[str, Any]:
+  """Traces `num_steps` steps with jax.profiler; see `summarize_trace`."""
+  jax.profiler.start_trace(log_dir)
+  start = time.perf_counter()
+  for _ in range(num_steps):
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+  wall = (time.perf_counter() - start) / num_steps
+  jax.profiler.stop_trace()
+  trace = sorted(glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"),
+                           recursive=True), key=os.path.getmtime)[-1]
+  summary = summarize_trace(trace, hlo_text, num_devices, num_steps, kernels)
+  summary.update(wall_s_per_step=wall, trace=trace)
+  return summary
+
+
+def summarize_trace(trace: str, hlo_text: str, num_devices: int,
+                    num_steps: int,
+                    kernels: dict[tuple[int, ...], str] | None = None
+                    ) -> dict[str, Any]:
+  """Time per op group of a trace of `num_steps` steps of `hlo_text`.
+
+  Sums the durations of the trace events named like the program's
+  top-level ops, over all threads: on CPU this is the time threads spent
+  in each group (including time descheduled by other jobs), so
+  `busy_s_per_step` over the wall time is the average number of busy
+  threads.
+  """
+  entry = hlo_text[hlo_text.index("\nENTRY"):]
+  bodies = {}
+  for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text,
+                       re.M | re.S):
+    bodies[m.group(1)] = m.group(2)
+  ops = {}
+  for line in entry.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+    if m:
+      called = re.search(r"calls=%?([\w.\-]+)", line)
+      body = bodies.get(called.group(1), "") if called else ""
+      ops[m.group(1)] = _op_category(line, body, num_devices, kernels)
+  busy = collections.Counter()
+  for plane in jax.profiler.ProfileData.from_file(trace).planes:
+    for line in plane.lines:
+      for event in line.events:
+        if event.name in ops:
+          busy[ops[event.name]] += event.duration_ns / 1e9 / num_steps
+  return {"busy_s_per_step": sum(busy.values()),
+          "busy_s_by_group": dict(busy.most_common())}
+
