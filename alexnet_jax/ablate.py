@@ -37,7 +37,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -618,12 +617,7 @@ def main(argv):
         "this invocation", flush=True)
   for line in study["failed"]:
     print(f"  {line}", flush=True)
-  # As main.py: skip interpreter teardown, where TensorFlow can hang on the
-  # open training streams (see train.py).
-  logging.flush()
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os._exit(1 if study["failed"] else 0)  # pylint: disable=protected-access
+  return 1 if study["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -39,9 +39,10 @@ class UserError(Exception):
 def fail(message: str) -> NoReturn:
   """Prints `error: message` to stderr and exits with status 2.
 
-  The process ends without interpreter teardown (like a finished training
-  run, main.py): background threads of orbax, tensorstore or tf.data would
-  otherwise print their own shutdown tracebacks under the message, or hang.
+  The process ends without interpreter teardown: after an error, background
+  threads of orbax or tensorstore (a checkpointer left open on the error's
+  way out) would otherwise print their own shutdown tracebacks under the
+  message.
   Whatever must be on disk is written before an error reaches here.
   """
   logging.flush()

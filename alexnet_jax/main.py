@@ -11,7 +11,6 @@ workdir. The config is checked before any data or device work
 """
 
 import os
-import sys
 
 from absl import flags
 from absl import logging
@@ -94,15 +93,8 @@ def main(argv):
     cli.fail(str(e))
   if jax.process_index() == 0 and results.get("summary"):
     print(results["summary"], flush=True)
-  # Everything is written (checkpoints waited for, summaries closed). Skip
-  # interpreter teardown, where TensorFlow can hang destroying the open
-  # training stream (see train.py).
   if jax.process_count() > 1:
     jax.distributed.shutdown()  # A barrier: every process is done.
-  logging.flush()
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os._exit(0)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -247,10 +246,6 @@ def main(argv: Sequence[str]) -> None:
         f"label: {100 * result['feature_same_label']:.1f}% (fc7 features) "
         f"vs {100 * result['pixel_same_label']:.1f}% (raw pixels)")
   print(f"wrote {png}\nwrote {path}")
-  sys.stdout.flush()
-  # Like main.py: skip interpreter teardown, where TensorFlow can hang
-  # destroying an unfinished tf.data iterator (the capped passes).
-  os._exit(0)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

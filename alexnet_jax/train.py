@@ -9,6 +9,7 @@ the step, see input_pipeline.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,10 +31,6 @@ from alexnet_jax import parallel
 from alexnet_jax import steps
 from alexnet_jax.data import release
 from alexnet_jax.data import mini
-
-
-# See train_and_evaluate.
-_OPEN_TRAIN_STREAMS = []
 
 
 class TrainingError(RuntimeError):
@@ -254,11 +251,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   train_step = steps.make_train_step(config, mesh, shardings,
                                      steps_per_epoch)
-  batches = data.train_batches(start_step)
-  # The endless training stream is never destroyed: TensorFlow 2.21 can hang
-  # in the destructor of an unfinished tf.data iterator (its autotuning
-  # thread; seen once in a few demo runs). main.py exits with os._exit.
-  _OPEN_TRAIN_STREAMS.append(batches)
   progress = _Progress(start_step, total_steps, config.batch_size)
   preemption = checkpoint.PreemptionFlag()
   eval_every = config.eval_every_epochs * steps_per_epoch
@@ -274,7 +266,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   step = start_step
   logging.info("training steps %d..%d (%d per epoch, batch %d)", start_step,
                total_steps, steps_per_epoch, config.batch_size)
-  with preemption:
+  # The endless training stream is closed when the loop ends, however it
+  # ends: its tf.data iterator is then destroyed here, while the interpreter
+  # runs. Left to interpreter teardown, TensorFlow's destructor can hang
+  # waiting for its threads.
+  with (contextlib.closing(data.train_batches(start_step)) as batches,
+        preemption):
     while step < total_steps and not plateau.done:
       state, metrics = train_step(state, next(batches))
       if sync_every_step:
