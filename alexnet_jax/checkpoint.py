@@ -68,6 +68,12 @@ _EXTRA = "extra"
 # At most this many differing arrays are listed in a mismatch error.
 _MAX_LISTED = 8
 
+# The JSON files orbax writes into a step directory (its metadata, the
+# tree's structure and shardings, per-process array metadata, and the
+# `extra` item).
+_JSON_FILES = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata")
+_JSON_DIRS = ("array_metadatas",)
+
 
 class CheckpointMismatchError(cli.UserError, ValueError):
   """The workdir holds a checkpoint of a different model than the config."""
@@ -319,6 +325,7 @@ class Checkpointer:
     target = _abstract_target(state_template, shardings)
     where = f"{self._directory} (step {step})"
     try:
+      _check_json_files(os.path.join(self._directory, str(step)))
       stored = self._manager.metadata(step).item_metadata
       stored = stored[_STATE] if stored is not None else None
       if stored is not None:
@@ -365,6 +372,28 @@ class Checkpointer:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+def _check_json_files(step_dir: str) -> None:
+  """Parses the step's JSON files; raises ValueError if one is damaged.
+
+  Orbax reads them concurrently on an event loop that it closes as soon as
+  one read fails; the reads still in flight then complete onto the closed
+  loop and their threads print "Event loop is closed" tracebacks, racing
+  the error message. Reading them here first, in this thread, turns the
+  commonest damage (a truncated file) into one clean error before orbax
+  starts. Damage to the array files is still caught by orbax's restore.
+  """
+  for directory, _, names in os.walk(step_dir):
+    in_json_dir = os.path.basename(directory) in _JSON_DIRS
+    for name in names:
+      if in_json_dir or name in _JSON_FILES:
+        path = os.path.join(directory, name)
+        with open(path, "rb") as f:
+          try:
+            json.loads(f.read())
+          except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
 
 
 # ---------------------------------------------------------------------------

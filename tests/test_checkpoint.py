@@ -178,10 +178,14 @@ def _files(root):
   return out
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete"])
+@pytest.mark.parametrize("damage", ["truncate", "delete", "metadata"])
 def test_damaged_checkpoint_is_reported_not_skipped(tmp_path, damage):
   """A complete checkpoint damaged afterwards: an error naming the step, its
-  path and the previous step; no fresh start and no file touched."""
+  path and the previous step; no fresh start and no file touched.
+
+  A damaged JSON file is found before orbax reads anything (see
+  checkpoint._check_json_files) and named in the message.
+  """
   state, shardings = _state()
   with checkpoint.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, state, {"data": {"step": 1}}, force=True)
@@ -191,8 +195,10 @@ def test_damaged_checkpoint_is_reported_not_skipped(tmp_path, damage):
   # Damage the array data (not the metadata): the largest files of step 2.
   files = sorted((os.path.getsize(os.path.join(d, n)), os.path.join(d, n))
                  for d, _, names in os.walk(step_dir) for n in names)
+  if damage == "metadata":
+    files = [(0, os.path.join(step_dir, "state", "_METADATA"))]
   for _, path in files[-3:]:
-    if damage == "truncate":
+    if damage in ("truncate", "metadata"):
       with open(path, "r+b") as f:
         f.truncate(7)
     else:
@@ -205,6 +211,8 @@ def test_damaged_checkpoint_is_reported_not_skipped(tmp_path, damage):
   message = str(error.value)
   assert "step 2" in message and step_dir in message
   assert "resume from step 1" in message
+  if damage == "metadata":
+    assert os.path.join(step_dir, "state", "_METADATA") in message
   assert _files(tmp_path) == before
   # The previous step is intact and restores.
   with checkpoint.Checkpointer(tmp_path) as ckpt:
