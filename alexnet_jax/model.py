@@ -378,7 +378,10 @@ class AlexNet(nn.Module):
     x_BTI = x_BTI.reshape(batch, towers, h * w * c5)
     k6, b6 = fc("fc6", (towers, h * w * c5, self.num_towers * f6),
                 (towers, f6))
-    partial = jnp.einsum("bti,tio->bo", x_BTI.astype(dt), k6.astype(dt))
+    # Each matmul runs in its layer's name scope: profiles read the layer
+    # from the op name (benchmarks/op_profile.py), as for the conv modules.
+    with jax.named_scope("fc6"):
+      partial = jnp.einsum("bti,tio->bo", x_BTI.astype(dt), k6.astype(dt))
     x = parallel.scatter_tower_sum(partial, self.model_axis, axis=1)
     x = self._dropout(act(x + b6.reshape(-1).astype(dt)), train)
 
@@ -386,7 +389,8 @@ class AlexNet(nn.Module):
     # units.
     x = parallel.gather_towers(x, self.model_axis, axis=1)
     k7, b7 = fc("fc7", (towers, self.num_towers * f6, f7), (towers, f7))
-    x = jnp.einsum("bi,tio->bto", x.astype(dt), k7.astype(dt))
+    with jax.named_scope("fc7"):
+      x = jnp.einsum("bi,tio->bto", x.astype(dt), k7.astype(dt))
     x = act(x.reshape(batch, towers * f7) + b7.reshape(-1).astype(dt))
     # The last hidden layer, Figure 4's feature space (`make_features`).
     self.sow("intermediates", "features", x)
@@ -396,7 +400,8 @@ class AlexNet(nn.Module):
     # partial logits are summed across towers on every device.
     k8, b8 = fc("fc8", (towers, f7, self.num_classes), (self.num_classes,))
     x_BTI = x.reshape(batch, towers, f7)
-    partial = jnp.einsum("bti,tik->bk", x_BTI.astype(dt), k8.astype(dt))
+    with jax.named_scope("fc8"):
+      partial = jnp.einsum("bti,tik->bk", x_BTI.astype(dt), k8.astype(dt))
     logits = parallel.sum_towers(partial.astype(jnp.float32), self.model_axis)
     return logits + b8
 

@@ -4,13 +4,18 @@
 `summarize_trace` adds up the time of the program's top-level ops by group:
 convolutions and matmuls per layer and direction, LRN, max-pool, dropout
 masks, collectives, layout copies and the rest. Ops are named from the
-`op_name` metadata XLA keeps from the model's flax modules; XLA's
-weight-gradient convolutions carry none and are named by their shape
-(`kernel_layers`).
+`op_name` metadata XLA keeps from the model: `.../AlexNet/<layer>/...`,
+where <layer> is a conv layer's flax module or the name scope of an fc
+layer's matmul in model.py, the same names as the parameter tree's. XLA's
+weight-gradient convolutions carry no op name and are named by their shape
+(`kernel_layers`). A layer, or LRN, whose forward op cannot be found by its
+name is an error (`check_names`), so a renamed module or scope in model.py
+stops the profile instead of filing the layer's time under another group.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import collections
 import glob
 import os
@@ -23,9 +28,9 @@ import ml_collections
 
 from benchmarks import hlo
 
-# Einsums of the fc layers (model.py) by their subscripts.
-_FC_EINSUMS = {"bti,tio->bo": "fc6", "bi,tio->bto": "fc7",
-               "bti,tik->bk": "fc8"}
+
+class ProfileError(RuntimeError):
+  """The compiled program's op names do not name what the profile expects."""
 
 
 def kernel_layers(config: ml_collections.ConfigDict,
@@ -61,9 +66,7 @@ def _op_category(line: str, body: str, num_devices: int,
     return "collectives" + (" (1-device groups: copies)"
                             if len(group) == 1 else "")
   layer = re.search(r"AlexNet/(conv\d|fc\d)/", op_name)
-  einsum = re.search(r"AlexNet/([a-z,]+->[a-z]+)/", op_name)
-  layer = layer.group(1) if layer else (
-      _FC_EINSUMS.get(einsum.group(1)) if einsum else None)
+  layer = layer.group(1) if layer else None
   text = line + body
   if "convolution(" in text:
     if layer:
@@ -87,11 +90,57 @@ def _op_category(line: str, body: str, num_devices: int,
   return "other elementwise (ReLU, bias, optimizer, loss)"
 
 
+def op_groups(hlo_text: str, num_devices: int,
+              kernels: dict[tuple[int, ...], str] | None = None
+              ) -> dict[str, str]:
+  """The group of every top-level op of the compiled program, by op name."""
+  entry = hlo_text[hlo_text.index("\nENTRY"):]
+  bodies = {}
+  for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text,
+                       re.M | re.S):
+    bodies[m.group(1)] = m.group(2)
+  ops = {}
+  for line in entry.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+    if m:
+      called = re.search(r"calls=%?([\w.\-]+)", line)
+      body = bodies.get(called.group(1), "") if called else ""
+      ops[m.group(1)] = _op_category(line, body, num_devices, kernels)
+  return ops
+
+
+def check_names(groups: dict[str, str], layers: Sequence[str],
+                lrn: bool = True) -> None:
+  """Raises ProfileError unless every layer's forward op was named.
+
+  `layers`: the model's layers (the keys of its parameter tree); `lrn`:
+  whether the model has LRN layers. `groups` as from `op_groups`.
+  """
+  found = set(groups.values())
+  missing = [layer for layer in layers
+             if f"conv {layer} fwd" not in found and
+             f"matmul {layer} fwd" not in found]
+  if lrn and "LRN fwd" not in found:
+    missing.append("LRN")
+  if missing:
+    raise ProfileError(
+        f"no forward op of {missing} found by name in the compiled train "
+        "step: the profile reads a layer from op names '.../AlexNet/<layer>/"
+        "...' (conv modules and the fc matmuls' name scopes in "
+        "alexnet_jax/model.py) and LRN from '_lrn'. Was one renamed? Groups "
+        f"found: {sorted(found)}")
+
+
 def profile_steps(compiled: Any, state: Any, batch: Any, hlo_text: str,
-                  log_dir: str, num_devices: int, num_steps: int = 2,
+                  log_dir: str, num_devices: int, layers: Sequence[str],
+                  lrn: bool = True, num_steps: int = 2,
                   kernels: dict[tuple[int, ...], str] | None = None
                   ) -> dict[str, Any]:
-  """Traces `num_steps` steps with jax.profiler; see `summarize_trace`."""
+  """Traces `num_steps` steps with jax.profiler; see `summarize_trace`.
+
+  `layers` and `lrn` are checked first (`check_names`).
+  """
+  check_names(op_groups(hlo_text, num_devices, kernels), layers, lrn)
   jax.profiler.start_trace(log_dir)
   start = time.perf_counter()
   for _ in range(num_steps):
@@ -118,18 +167,7 @@ def summarize_trace(trace: str, hlo_text: str, num_devices: int,
   `busy_s_per_step` over the wall time is the average number of busy
   threads.
   """
-  entry = hlo_text[hlo_text.index("\nENTRY"):]
-  bodies = {}
-  for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text,
-                       re.M | re.S):
-    bodies[m.group(1)] = m.group(2)
-  ops = {}
-  for line in entry.splitlines():
-    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
-    if m:
-      called = re.search(r"calls=%?([\w.\-]+)", line)
-      body = bodies.get(called.group(1), "") if called else ""
-      ops[m.group(1)] = _op_category(line, body, num_devices, kernels)
+  ops = op_groups(hlo_text, num_devices, kernels)
   busy = collections.Counter()
   for plane in jax.profiler.ProfileData.from_file(trace).planes:
     for line in plane.lines:
@@ -138,4 +176,3 @@ def summarize_trace(trace: str, hlo_text: str, num_devices: int,
           busy[ops[event.name]] += event.duration_ns / 1e9 / num_steps
   return {"busy_s_per_step": sum(busy.values()),
           "busy_s_by_group": dict(busy.most_common())}
-

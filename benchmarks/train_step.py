@@ -18,12 +18,12 @@ What it reports, per (mesh, dtype, batch size):
     machine shared with other jobs).
   * compile time: `jit(train_step).lower(...)` + `.compile()`, timed
     separately from the steps.
-  * FLOPs per image: analytic (`costs.analytic_flops`: 2 x multiply-adds of every
-    conv and fc layer, forward; a training step counted as 3x forward) beside
-    XLA's `compiled.cost_analysis()` of the train step and of the forward
-    pass; achieved FLOP/s and model FLOP utilization (MFU) against the
-    device's peak (`machine.PEAK_TFLOPS`, vendor datasheet dense numbers) or, on
-    CPU, against a measured float32 matmul rate on the same devices.
+  * FLOPs per image: analytic (`costs.analytic_flops`: 2 x multiply-adds of
+    every conv and fc layer, forward; a training step counted as 3x forward)
+    beside XLA's `compiled.cost_analysis()` of the train step and of the
+    forward pass; achieved FLOP/s and model FLOP utilization (MFU) against
+    the device's peak (`machine.PEAK_TFLOPS`, vendor datasheet dense numbers)
+    or, on CPU, against a measured float32 matmul rate on the same devices.
   * collective bytes per device per step, parsed from the compiled HLO
     (`hlo.collectives`) beside the analytic minimum of the two-tower
     scheme (`costs.analytic_collective_bytes`).
@@ -200,7 +200,8 @@ class TrainStepCase:
     if profile_dir is not None:
       profile = op_profile.profile_steps(
           self.compiled, self.state, self.batch, hlo_text, profile_dir,
-          num_devices=num_devices,
+          num_devices=num_devices, layers=tuple(self.state.params),
+          lrn=config.model.lrn.get("enabled", True),
           kernels=op_profile.kernel_layers(
               config.model, parallel.towers_per_device(
                   self.mesh, config.model.num_towers)))
@@ -434,8 +435,8 @@ def format_report(report: dict[str, Any]) -> str:
           f"{k} {v / 1e6:.1f}M"
           for k, v in flops["forward_macs_per_layer"].items()) +
       f"; total {flops['forward_macs_per_image']:,} "
-      f"({flops['forward_macs_per_image'] / costs.PAPER_FORWARD_MACS:.4f} x the "
-      "paper's 724M)",
+      f"({flops['forward_macs_per_image'] / costs.PAPER_FORWARD_MACS:.4f} "
+      "x the paper's 724M)",
       f"FLOPs per image: forward {flops['forward_flops_per_image'] / 1e9:.3f}"
       f" G ({flops['forward_flops_per_image_without_padding'] / 1e9:.3f} G "
       f"without taps on zero padding); train step (3x) "
