@@ -50,9 +50,12 @@ _OUTPUT = flags.DEFINE_string("output", None, "Write the results (JSON).")
 
 
 def main(argv: Sequence[str]) -> None:
-  # Imported here: the training program needs TensorFlow (data), the
-  # library functions above do not.
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  # Imported here: the data need TensorFlow, the library functions above
+  # do not.
+  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import run_data
+  from alexnet_jax import train
+  # pylint: enable=g-import-not-at-top
 
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {argv[1:]}")
@@ -93,7 +96,7 @@ def main(argv: Sequence[str]) -> None:
     logging.info("%s: restored step %d", workdir, step)
     members.append((config, params))
   try:
-    data = train.Data(configs[0], mesh)
+    data = run_data.Data(configs[0], mesh)
     results = {_SPLIT.value: {
         c: evaluation.evaluate(members, mesh,
                                data.eval_batches(_SPLIT.value, c))

@@ -90,14 +90,14 @@ def compute_features(config, params, mesh, host_batches,
     host_batches: host batches {"image", "label", "mask"} (center crops).
     limit: stop after this many examples (0 = all).
   """
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import run_data  # pylint: disable=g-import-not-at-top
   features_fn = jax.jit(model_lib.make_features(config.model, mesh))
   feats, images, labels = [], [], []
   count = 0
   for batch in host_batches:
     batch = {k: batch[k] for k in ("image", "label", "mask")}
     keep = np.asarray(batch["mask"]) > 0
-    f = features_fn(params, input_pipeline.to_global_array(batch, mesh)[
+    f = features_fn(params, run_data.to_global_array(batch, mesh)[
         "image"])
     feats.append(np.asarray(jax.device_get(f))[keep])
     images.append(np.asarray(batch["image"])[keep])
@@ -180,8 +180,11 @@ def main(argv: Sequence[str]) -> None:
   # Imported here like evaluate.py: the data need TensorFlow.
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import input_pipeline
+  from alexnet_jax import run_data
+  from alexnet_jax import train
+  # pylint: enable=g-import-not-at-top
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -195,7 +198,7 @@ def main(argv: Sequence[str]) -> None:
                             num_towers=config.model.num_towers)
   try:
     params, step = evaluation.restore_params(workdir, config, mesh)
-    data = train.Data(config, mesh)
+    data = run_data.Data(config, mesh)
   except train.USER_ERRORS as e:
     raise cli.UserError(str(e)) from None
 

@@ -4,7 +4,7 @@
 call it too. Resume is the default: if `workdir` holds a checkpoint, the run
 continues from it exactly (parameters, optimizer state, learning-rate and
 plateau state, RNG and data position: the data stream is a pure function of
-the step, see input_pipeline.py).
+the step, see input_pipeline.py). The data come from run_data.py.
 """
 
 from __future__ import annotations
@@ -18,19 +18,16 @@ from typing import Any
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 
 from alexnet_jax import checkpoint
-from alexnet_jax import data as data_lib
 from alexnet_jax import evaluation as eval_lib
 from alexnet_jax import figures
-from alexnet_jax import input_pipeline
 from alexnet_jax import optim
 from alexnet_jax import parallel
+from alexnet_jax import run_data
 from alexnet_jax import steps
 from alexnet_jax.data import release
-from alexnet_jax.data import mini
 
 
 class TrainingError(RuntimeError):
@@ -74,79 +71,6 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(
         f, object_hook=lambda d: {
             k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}))
-
-
-class Data:
-  """The prepared data set, its statistics and this process's batches."""
-
-  def __init__(self, config: ml_collections.ConfigDict, mesh: Any):
-    self.config = config
-    self.mesh = mesh
-    options = dict(config.get("dataset_options", {}) or {})
-    if config.dataset == "ilsvrc2010_mini":
-      self._generate_mini(config)
-    self.builder = data_lib.get_builder(
-        config.dataset, data_dir=config.data_dir, **options)
-    # Process 0 prepares the data and the statistics; the others wait for
-    # it and then read what it wrote.
-    if jax.process_index() == 0:
-      data_lib.prepare(self.builder, manual_dir=config.manual_dir)
-    _sync("data prepared")
-    stored = self.builder.info.features["image"].shape[0]
-    self.image_size = stored or input_pipeline.IMAGE_SIZE
-    if jax.process_index() == 0:
-      self._stats()
-    _sync("statistics ready")
-    self.stats = self._stats()
-    # Which slice of every batch this process reads (processes holding the
-    # same data rows of the mesh read the same one).
-    self.shard, self.num_shards = parallel.process_data_shard(mesh)
-    self.steps_per_epoch = input_pipeline.train_steps_per_epoch(
-        self.builder, global_batch_size=config.batch_size,
-        process_count=self.num_shards, split=config.train_split)
-
-  def _generate_mini(self, config):
-    """Writes the mini release into manual_dir if it is not there yet."""
-    if jax.process_index() == 0:
-      mini.ensure_manual_dir(config.manual_dir, mini.MiniParams(**config.mini))
-    _sync("mini data generated")
-
-  def baselines(self) -> dict[str, float]:
-    """Trivial classifiers' validation errors (mini data only)."""
-    if self.config.dataset != "ilsvrc2010_mini":
-      return {}
-    accuracy = mini.trivial_baselines(self.config.manual_dir)
-    return {f"{k}_top1_error": 1.0 - v for k, v in accuracy.items()}
-
-  def _stats(self) -> input_pipeline.InputStats:
-    return input_pipeline.compute_or_load_stats(
-        self.builder, max_images=self.config.stats_max_images,
-        split=self.config.train_split, image_size=self.image_size)
-
-  def train_batches(self, start_step: int):
-    ds = input_pipeline.make_train_dataset(
-        self.builder, global_batch_size=self.config.batch_size,
-        crop_size=self.config.model.image_size, seed=self.config.seed,
-        stats=self.stats, start_step=start_step,
-        process_index=self.shard, process_count=self.num_shards,
-        split=self.config.train_split,
-        shuffle_buffer_size=self.config.shuffle_buffer_size,
-        pca_lighting_std=self.config.pca_lighting_std,
-        pca_lighting_scale=self.config.pca_lighting_scale)
-    return input_pipeline.global_batches(ds, self.mesh)
-
-  def eval_batches(self, split: str, crops: str):
-    ds = input_pipeline.make_eval_dataset(
-        self.builder, split, global_batch_size=self.config.eval_batch_size,
-        crop_size=self.config.model.image_size, crops=crops,
-        stats=self.stats, process_index=self.shard,
-        process_count=self.num_shards)
-    return input_pipeline.global_batches(ds, self.mesh)
-
-
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
 
 
 def _check_config(config: ml_collections.ConfigDict, mesh: Any) -> None:
@@ -229,7 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   logging.info("mesh %s on %d %s devices, %d process(es)",
                dict(mesh.shape), mesh.devices.size, jax.default_backend(),
                jax.process_count())
-  data = Data(config, mesh)
+  data = run_data.Data(config, mesh)
   steps_per_epoch = data.steps_per_epoch
   total_steps = config.num_epochs * steps_per_epoch
 

@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from alexnet_jax import cli
 from alexnet_jax import input_pipeline
+from alexnet_jax import input_stats
 from benchmarks import machine
 
 Mode = Literal["train", "eval_center", "eval_ten"]
@@ -85,12 +86,12 @@ def dataset_jpegs(name: str, data_dir: str, num_images: int,
           records.take(num_images).as_numpy_iterator()]
 
 
-def benchmark_stats(image_size: int = 256) -> input_pipeline.InputStats:
+def benchmark_stats(image_size: int = 256) -> input_stats.InputStats:
   """Plausible statistics; their values do not change the cost."""
   covariance = np.array([[4800.0, 4400.0, 4000.0],
                          [4400.0, 4700.0, 4300.0],
                          [4000.0, 4300.0, 5000.0]])
-  return input_pipeline.InputStats(
+  return input_stats.InputStats(
       mean_image=np.full((image_size, image_size, 3), 115.0, np.float32),
       pixel_covariance=covariance, num_images=1)
 

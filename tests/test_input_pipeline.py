@@ -1,4 +1,4 @@
-"""Tests of the paper's input pipeline (alexnet_jax/input_pipeline.py).
+"""Tests of the paper's input pipeline (alexnet_jax/input_*.py, run_data.py).
 
 Geometry and randomness are checked on small synthetic JPEGs fed through the
 builder-free cores (`*_dataset_from_records`); everything that depends on a
@@ -20,7 +20,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax import input_decoding
 from alexnet_jax import input_pipeline as ip
+from alexnet_jax import input_splits
+from alexnet_jax import input_stats
+from alexnet_jax import run_data
 
 SIZE = ip.IMAGE_SIZE
 
@@ -47,9 +51,10 @@ def _records(images: list[bytes], labels=None) -> tf.data.Dataset:
   })
 
 
-def _zero_stats(size: int = SIZE) -> ip.InputStats:
-  return ip.InputStats(mean_image=np.zeros((size, size, 3), np.float32),
-                       pixel_covariance=np.eye(3), num_images=1)
+def _zero_stats(size: int = SIZE) -> input_stats.InputStats:
+  return input_stats.InputStats(
+      mean_image=np.zeros((size, size, 3), np.float32),
+      pixel_covariance=np.eye(3), num_images=1)
 
 
 def _coordinate_image() -> np.ndarray:
@@ -102,7 +107,7 @@ def _split_images(builder, split) -> dict[bytes, tuple[np.ndarray, int]]:
 def mini_stats(mini_builder):
   # The default cache location (the builder's data dir), shared with every
   # other user of the fixture.
-  return ip.compute_or_load_stats(mini_builder)
+  return input_stats.compute_or_load_stats(mini_builder)
 
 
 # --------------------------------------------------------------------------
@@ -117,7 +122,8 @@ def test_tensorflow_sees_no_accelerator(monkeypatch):
   calls = []
   monkeypatch.setattr(tf.config, "set_visible_devices",
                       lambda devices, kind: calls.append((devices, kind)))
-  ip._hide_accelerators_from_tensorflow()  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  input_decoding._hide_accelerators_from_tensorflow()
   assert calls == [([], "GPU"), ([], "TPU")]
 
   def too_late(devices, kind):
@@ -125,7 +131,8 @@ def test_tensorflow_sees_no_accelerator(monkeypatch):
 
   # TensorFlow initialized before the import: a warning, not a crash.
   monkeypatch.setattr(tf.config, "set_visible_devices", too_late)
-  ip._hide_accelerators_from_tensorflow()  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  input_decoding._hide_accelerators_from_tensorflow()
 
 
 # --------------------------------------------------------------------------
@@ -182,7 +189,7 @@ def test_mean_image_is_cropped_and_flipped_with_the_image():
   pixels = _coordinate_image()
   jpeg = _jpeg(pixels)
   decoded = tf.io.decode_jpeg(jpeg).numpy().astype(np.float32)
-  stats = ip.InputStats(mean_image=decoded, pixel_covariance=np.eye(3),
+  stats = input_stats.InputStats(mean_image=decoded, pixel_covariance=np.eye(3),
                         num_images=1)
   ds = ip.train_dataset_from_records(
       _records([jpeg] * 64), records_per_epoch=64, batch_size=64,
@@ -201,8 +208,9 @@ def test_pca_lighting_has_the_intended_scale(scale):
   basis, _ = np.linalg.qr(rng.normal(size=(3, 3)))
   eigvals = np.array([3600.0, 400.0, 25.0])
   covariance = basis @ np.diag(eigvals) @ basis.T
-  stats = ip.InputStats(mean_image=np.zeros((size, size, 3), np.float32),
-                        pixel_covariance=covariance, num_images=1)
+  stats = input_stats.InputStats(
+      mean_image=np.zeros((size, size, 3), np.float32),
+      pixel_covariance=covariance, num_images=1)
   jpeg = _jpeg(rng.integers(60, 200, (size, size, 3), dtype=np.uint8))
   common = dict(records_per_epoch=num, batch_size=num // 4, crop_size=crop,
                 seed=3, stats=stats, pca_lighting_scale=scale)
@@ -235,7 +243,7 @@ def test_lighting_matrix_units():
   # The trap (paper §4.1 units): variances on the 0-255 scale must not be used
   # as offsets directly. With the default scale the offset along p_i has
   # the pixels' own std along p_i as its unit.
-  stats = ip.InputStats(mean_image=np.zeros((4, 4, 3), np.float32),
+  stats = input_stats.InputStats(mean_image=np.zeros((4, 4, 3), np.float32),
                         pixel_covariance=np.diag([14000.0, 1200.0, 300.0]),
                         num_images=1)
   norms = np.linalg.norm(stats.lighting_matrix("std"), axis=0)
@@ -274,7 +282,8 @@ def test_training_crops_of_images_of_any_size_come_from_the_rescaled_image():
   rows, cols = np.meshgrid(np.arange(300), np.arange(420), indexing="ij")
   pixels = np.stack([rows * 255 // 299, cols * 255 // 419,
                      (rows + 2 * cols) % 256], -1).astype(np.uint8)
-  prepared = ip._rescale_and_center_crop(  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  prepared = input_decoding._rescale_and_center_crop(
       tf.constant(_png(pixels)), SIZE).numpy()
 
   def crops(image):
@@ -310,7 +319,7 @@ def test_invalid_arguments_fail_clearly():
                                  batch_size=1, crop_size=8, crops="five",
                                  stats=_zero_stats())
   with pytest.raises(ValueError, match="process_count"):
-    ip.local_batch_size(10, 3)
+    input_splits.local_batch_size(10, 3)
 
 
 # --------------------------------------------------------------------------
@@ -323,7 +332,8 @@ def test_stats_match_numpy_and_are_cached(mini_builder, tmp_path,
   images = np.stack([image for image, _ in
                      _split_images(mini_builder, "train").values()])
   assert images.shape == (80, SIZE, SIZE, 3)
-  stats = ip.compute_or_load_stats(mini_builder, cache_dir=str(tmp_path))
+  stats = input_stats.compute_or_load_stats(mini_builder,
+                                            cache_dir=str(tmp_path))
   np.testing.assert_allclose(stats.mean_image,
                              images.astype(np.float64).mean(axis=0),
                              atol=1e-3)
@@ -335,7 +345,8 @@ def test_stats_match_numpy_and_are_cached(mini_builder, tmp_path,
   assert 100 < stats.pca_eigvals[0] < 128**2
 
   files = os.listdir(tmp_path)
-  assert files == [ip.stats_file_name(mini_builder, "train", None, SIZE)]
+  assert files == [
+      input_stats.stats_file_name(mini_builder, "train", None, SIZE)]
   for part in ("ilsvrc2010", mini_builder.builder_config.name,
                str(mini_builder.version), "all"):
     assert part in files[0]
@@ -344,30 +355,32 @@ def test_stats_match_numpy_and_are_cached(mini_builder, tmp_path,
   def fail(*args, **kwargs):
     raise AssertionError("recomputed despite the cache")
 
-  monkeypatch.setattr(ip, "compute_stats", fail)
-  again = ip.compute_or_load_stats(mini_builder, cache_dir=str(tmp_path))
+  monkeypatch.setattr(input_stats, "compute_stats", fail)
+  again = input_stats.compute_or_load_stats(mini_builder,
+                                            cache_dir=str(tmp_path))
   np.testing.assert_array_equal(again.mean_image, stats.mean_image)
   np.testing.assert_array_equal(again.pixel_covariance,
                                 stats.pixel_covariance)
 
 
 def test_stats_cap_uses_the_first_images(mini_builder, tmp_path):
-  stats = ip.compute_or_load_stats(mini_builder, max_images=5,
+  stats = input_stats.compute_or_load_stats(mini_builder, max_images=5,
                                    cache_dir=str(tmp_path))
   assert stats.num_images == 5
   first = np.stack([ex["image"] for ex in tfds.as_numpy(
       mini_builder.as_dataset(split="train", shuffle_files=False).take(5))])
   np.testing.assert_allclose(stats.mean_image,
                              first.astype(np.float64).mean(axis=0), atol=1e-3)
-  assert "first5" in ip.stats_file_name(mini_builder, "train", 5, SIZE)
+  assert "first5" in input_stats.stats_file_name(mini_builder, "train", 5, SIZE)
   assert os.listdir(tmp_path) == [
-      ip.stats_file_name(mini_builder, "train", 5, SIZE)]
+      input_stats.stats_file_name(mini_builder, "train", 5, SIZE)]
 
 
 def test_default_stats_cache_lives_next_to_the_data(mini_builder,
                                                     mini_stats):
-  path = os.path.join(mini_builder.data_dir,
-                      ip.stats_file_name(mini_builder, "train", None, SIZE))
+  path = os.path.join(
+      mini_builder.data_dir,
+      input_stats.stats_file_name(mini_builder, "train", None, SIZE))
   assert os.path.exists(path)
   assert mini_stats.num_images == 80
 
@@ -415,7 +428,7 @@ def test_eval_patches_match_numpy_slicing(mini_builder, mini_stats, crops):
 def test_eval_counts_every_example_once(mini_builder, mini_stats,
                                         process_count, global_batch):
   expected = _split_images(mini_builder, "validation")
-  steps = ip.eval_steps(mini_builder, "validation",
+  steps = input_splits.eval_steps(mini_builder, "validation",
                         global_batch_size=global_batch,
                         process_count=process_count)
   names = []
@@ -450,8 +463,8 @@ def test_process_splits_are_disjoint_and_cover(mini_builder, mini_stats):
             process_count=process_count, extra_keys=("file_name",))
         names = [n for b in ds.as_numpy_iterator()
                  for n, m in zip(b["file_name"], b["mask"]) if m]
-        assert len(names) == ip.num_examples(mini_builder, split, process,
-                                             process_count)
+        assert len(names) == input_splits.num_examples(
+            mini_builder, split, process, process_count)
         parts.append(set(names))
       assert sum(len(p) for p in parts) == size
       assert set.union(*parts) == set(_split_images(mini_builder, split))
@@ -470,7 +483,8 @@ def _train(builder, stats, **kwargs):
 
 
 def test_train_batches_shapes_and_epochs(mini_builder, mini_stats):
-  assert ip.train_steps_per_epoch(mini_builder, global_batch_size=8) == 10
+  assert input_splits.train_steps_per_epoch(
+      mini_builder, global_batch_size=8) == 10
   batches = _take(_train(mini_builder, mini_stats), 20)
   for batch in batches:
     assert batch["image"].shape == (8, 32, 32, 3)
@@ -535,14 +549,15 @@ def test_processes_train_on_their_own_parts(mini_builder, mini_stats):
   with pytest.raises(ValueError, match="multiple of process_count"):
     _train(mini_builder, mini_stats, global_batch_size=9, process_count=2)
   for process in range(2):
-    assert ip.train_steps_per_epoch(mini_builder, global_batch_size=8,
+    assert input_splits.train_steps_per_epoch(mini_builder, global_batch_size=8,
                                     process_count=2) == 10
     batches = _take(_train(mini_builder, mini_stats, process_index=process,
                            process_count=2), 10)
     assert batches[0]["image"].shape == (4, 32, 32, 3)
     labels = np.concatenate([b["label"] for b in batches])
     part = mini_builder.as_dataset(
-        split=ip.process_split("train", process, 2), shuffle_files=False)
+        split=input_splits.process_split("train", process, 2),
+        shuffle_files=False)
     part_labels = [int(ex["label"]) for ex in tfds.as_numpy(part)]
     # One epoch of this process = a permutation of its own part.
     np.testing.assert_array_equal(np.bincount(labels, minlength=10),
@@ -563,7 +578,7 @@ def test_to_global_array_shards_over_data(mesh_shape):
       "image": np.arange(8 * 4 * 4 * 3, dtype=np.float32).reshape(8, 4, 4, 3),
       "label": np.arange(8, dtype=np.int32),
   }
-  arrays = ip.to_global_array(batch, mesh)
+  arrays = run_data.to_global_array(batch, mesh)
   for key, local in batch.items():
     array = arrays[key]
     assert array.shape == local.shape  # one process: global == local
@@ -577,4 +592,4 @@ def test_to_global_array_shards_over_data(mesh_shape):
                                     local[shard.index])
     np.testing.assert_array_equal(np.asarray(array), local)
   with pytest.raises(TypeError, match="file_name"):
-    ip.to_global_array({"file_name": np.array([b"a", b"b"])}, mesh)
+    run_data.to_global_array({"file_name": np.array([b"a", b"b"])}, mesh)
