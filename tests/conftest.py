@@ -89,12 +89,12 @@ def smoke_dirs(tmp_path_factory):
   """Generates and prepares the smoke data once: (data_dir, manual_dir)."""
   # pylint: disable=g-import-not-at-top
   from alexnet_jax import parallel
-  from alexnet_jax import train
+  from alexnet_jax import run_data
   from tests import helpers
 
   root = tmp_path_factory.mktemp("smoke_data")
   dirs = (str(root / "tfds"), str(root / "manual"))
-  train.Data(helpers.smoke_config(dirs), parallel.make_mesh(1, 2))
+  run_data.Data(helpers.smoke_config(dirs), parallel.make_mesh(1, 2))
   return dirs
 
 
