@@ -1,9 +1,10 @@
 """The model's costs worked out by hand: multiply-adds, FLOPs, collectives.
 
 What the train-step benchmark (train_step.py) holds the compiled program
-against: the multiply-adds of every conv and fc layer (the paper's "about
-724M" per image, §3), the FLOPs of a train step, and the fewest bytes each
-device must send per step in the two-tower scheme of
+against: the multiply-adds of every conv and fc layer (the "about 724M"
+per image commonly quoted for the paper's network, which the paper itself
+does not give; docs/paper.md "Network"), the FLOPs of a train step, and the
+fewest bytes each device must send per step in the two-tower scheme of
 alexnet_jax/parallel.py. Nothing here runs the model.
 """
 
@@ -18,7 +19,8 @@ import ml_collections
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 
-# The paper's forward cost (§3, Figure 2: about 724 M multiply-adds).
+# The forward cost commonly quoted for the paper's network, about 724 M
+# multiply-adds per image (the paper gives none; docs/paper.md "Network").
 PAPER_FORWARD_MACS = 724e6
 
 # ---------------------------------------------------------------------------

@@ -436,7 +436,7 @@ def format_report(report: dict[str, Any]) -> str:
           for k, v in flops["forward_macs_per_layer"].items()) +
       f"; total {flops['forward_macs_per_image']:,} "
       f"({flops['forward_macs_per_image'] / costs.PAPER_FORWARD_MACS:.4f} "
-      "x the paper's 724M)",
+      "x the 724M commonly quoted)",
       f"FLOPs per image: forward {flops['forward_flops_per_image'] / 1e9:.3f}"
       f" G ({flops['forward_flops_per_image_without_padding'] / 1e9:.3f} G "
       f"without taps on zero padding); train step (3x) "

@@ -8,7 +8,8 @@ from tests import helpers
 
 
 def test_paper_forward_multiply_adds():
-  """The paper's ~724M multiply-adds per image (§3), exactly."""
+  """The ~724M multiply-adds per image quoted for the paper's network (§3.5
+  sizes; docs/paper.md "Network"), exactly."""
   flops = costs.analytic_flops(model_lib.default_config())
   assert flops["forward_macs_per_layer"] == {
       "conv1": 55 * 55 * 96 * (11 * 11 * 3),
