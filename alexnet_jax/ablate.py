@@ -501,10 +501,10 @@ def run_study(base: str, variants: Sequence[str], seeds: int, workdir: str,
       plan.append((variant, seed, config, run_dir))
   split = result_split(configs[PAPER])
 
+  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   # Fake CPU devices for the most demanding variant, before JAX starts; a
   # mesh takes the devices it needs from the front of the list.
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
-  train.setup_devices(ml_collections.ConfigDict(dict(cpu_devices=max(
+  cli.setup_devices(ml_collections.ConfigDict(dict(cpu_devices=max(
       c.get("cpu_devices", 0) for c in configs.values()))))
   import jax  # pylint: disable=g-import-not-at-top
   if compilation_cache and not jax.config.jax_compilation_cache_dir:

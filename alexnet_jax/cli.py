@@ -1,4 +1,5 @@
-"""What every command line of the project shares: clean user errors.
+"""What every command line of the project shares: clean user errors, and
+the fake CPU devices of a config (`setup_devices`, before JAX starts).
 
 A user's mistake (a bad flag, a typo in a `--config.x=y` override, a config
 value that is not allowed, a missing file) is printed as one line
@@ -22,6 +23,8 @@ from typing import Any, NoReturn
 from absl import app
 from absl import flags
 from absl import logging
+import jax
+import ml_collections
 from ml_collections import config_flags
 
 # Exit status of a usage or configuration error (as argparse and absl's
@@ -49,6 +52,16 @@ def fail(message: str) -> NoReturn:
   sys.stdout.flush()
   print(f"error: {message}", file=sys.stderr, flush=True)
   os._exit(USAGE_ERROR)  # pylint: disable=protected-access
+
+
+def setup_devices(config: ml_collections.ConfigDict) -> None:
+  """Makes `config.cpu_devices` fake CPU devices. Call before JAX starts.
+
+  Only the CPU backend is affected: on a GPU or TPU host the mesh is made of
+  the accelerators as usual.
+  """
+  if config.get("cpu_devices", 0):
+    jax.config.update("jax_num_cpu_devices", config.cpu_devices)
 
 
 def _message(error: BaseException) -> str:

@@ -1,9 +1,11 @@
-"""Evaluation: top-1/top-5 error with 1 or 10 crops, single models and
-ensembles (§4.1, §6).
+"""The evaluation library: top-1/top-5 error with 1 or 10 crops, single
+models and ensembles (§4.1, §6), and reading a training workdir.
 
 `evaluate(members, mesh, batches)` runs one pass over a split and averages
 the softmax over the members (one member = one model; several = the paper's
-averaged CNNs) and over the crops. Every example counts exactly once. The
+averaged CNNs) and over the crops. Every example counts exactly once.
+`load_workdir_config` and `restore_params` read what a training run left
+in its workdir. The training program evaluates with it every epoch; the
 command line is `python -m alexnet_jax.evaluate` (evaluate.py).
 """
 
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import functools
+import json
+import os
 import time
 from typing import Any
 
@@ -128,3 +132,19 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict,
   finally:
     ckpt.close()
   return state.params, step
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (written at the start of a run)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise NotAWorkdirError(
+        f"{path} not found: {workdir} is not a training workdir (it is "
+        "written when `python -m alexnet_jax.main` starts). Give the "
+        "--workdir of a training run.")
+  with open(path) as f:
+    # JSON turns the config's tuples into lists; turn them back (the model
+    # needs hashable fields).
+    return ml_collections.ConfigDict(json.load(
+        f, object_hook=lambda d: {
+            k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}))

@@ -26,10 +26,11 @@ from ml_collections import config_flags
 
 from alexnet_jax import cli
 from alexnet_jax import config_validation
-from alexnet_jax import evaluation
+from alexnet_jax import eval_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from alexnet_jax import weights
+from alexnet_jax.data import release
 
 _WORKDIRS = flags.DEFINE_multi_string(
     "workdir", None, "Training workdir(s); several = an ensemble that "
@@ -52,29 +53,26 @@ _OUTPUT = flags.DEFINE_string("output", None, "Write the results (JSON).")
 def main(argv: Sequence[str]) -> None:
   # Imported here: the data need TensorFlow, the library functions above
   # do not.
-  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import run_data
-  from alexnet_jax import train
-  # pylint: enable=g-import-not-at-top
+  from alexnet_jax import run_data  # pylint: disable=g-import-not-at-top
 
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {argv[1:]}")
   if not _WORKDIRS.value and not _NPZ.value:
     raise cli.UserError("give --workdir (one or more) and/or --npz.")
   for c in _CROPS.value:
-    if c not in evaluation.CROPS:
+    if c not in eval_lib.CROPS:
       raise cli.UserError(
-          f"--crops: {c!r} is not one of {evaluation.CROPS}.")
+          f"--crops: {c!r} is not one of {eval_lib.CROPS}.")
   if _NPZ.value and cli.config_value(_CONFIG) is None:
     raise cli.UserError("--npz needs --config (the model it fits).")
   if _NPZ.value and not os.path.isfile(_NPZ.value):
     raise cli.UserError(f"--npz={_NPZ.value}: no such file.")
   configs = [cli.config_value(_CONFIG)] if _NPZ.value else []
-  configs += [train.load_workdir_config(w) for w in _WORKDIRS.value or ()]
+  configs += [eval_lib.load_workdir_config(w) for w in _WORKDIRS.value or ()]
   for config in configs:
     config_validation.validate_model(config)
-  evaluation.check_ensemble(configs)
-  train.setup_devices(configs[0])
+  eval_lib.check_ensemble(configs)
+  cli.setup_devices(configs[0])
   mesh = parallel.make_mesh(_MESH_DATA.value, _MESH_MODEL.value,
                             num_towers=configs[0].model.num_towers)
   members = []
@@ -92,18 +90,18 @@ def main(argv: Sequence[str]) -> None:
     members.append((configs[0], jax.device_put(host, shardings)))
   for workdir in _WORKDIRS.value or ():
     config = configs[len(members)]
-    params, step = evaluation.restore_params(workdir, config, mesh)
+    params, step = eval_lib.restore_params(workdir, config, mesh)
     logging.info("%s: restored step %d", workdir, step)
     members.append((config, params))
   try:
     data = run_data.Data(configs[0], mesh)
     results = {_SPLIT.value: {
-        c: evaluation.evaluate(members, mesh,
-                               data.eval_batches(_SPLIT.value, c))
+        c: eval_lib.evaluate(members, mesh,
+                             data.eval_batches(_SPLIT.value, c))
         for c in _CROPS.value}}
-  except train.USER_ERRORS as e:
+  except release.Ilsvrc2010Error as e:  # Preparing the data.
     raise cli.UserError(str(e)) from None
-  print(evaluation.format_table(results))
+  print(eval_lib.format_table(results))
   if _OUTPUT.value and jax.process_index() == 0:
     with open(_OUTPUT.value, "w") as f:
       json.dump(dict(workdirs=_WORKDIRS.value or [], npz=_NPZ.value,

@@ -65,9 +65,9 @@ def main(argv):
   cli.quiet_library_logs()
   config = cli.config_value(_CONFIG)
   config_validation.validate(config)
-  # Fake CPU devices must exist before JAX initializes a backend.
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
-  train.setup_devices(config)
+  # Fake CPU devices must exist before JAX initializes a backend.
+  cli.setup_devices(config)
   if _MULTIHOST.value or _COORDINATOR.value:
     # CPU devices of different processes talk through gloo (only the CPU
     # backend reads this; GPUs and TPUs have their own collectives).

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from alexnet_jax import cli
-from alexnet_jax import evaluation
+from alexnet_jax import eval_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 
@@ -183,23 +183,23 @@ def main(argv: Sequence[str]) -> None:
   # pylint: disable=g-import-not-at-top
   from alexnet_jax import input_pipeline
   from alexnet_jax import run_data
-  from alexnet_jax import train
+  from alexnet_jax.data import release
   # pylint: enable=g-import-not-at-top
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   start = time.time()
   workdir = FLAGS.workdir
-  config = train.load_workdir_config(workdir)
-  train.setup_devices(config)
+  config = eval_lib.load_workdir_config(workdir)
+  cli.setup_devices(config)
   if jax.process_count() > 1:
     raise cli.UserError("neighbors runs in one process.")
   mesh = parallel.make_mesh(-1, FLAGS.mesh_model,
                             num_towers=config.model.num_towers)
   try:
-    params, step = evaluation.restore_params(workdir, config, mesh)
+    params, step = eval_lib.restore_params(workdir, config, mesh)
     data = run_data.Data(config, mesh)
-  except train.USER_ERRORS as e:
+  except release.Ilsvrc2010Error as e:  # Preparing the data.
     raise cli.UserError(str(e)) from None
 
   def batches(split):

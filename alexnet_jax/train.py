@@ -21,7 +21,7 @@ import jax
 import ml_collections
 
 from alexnet_jax import checkpoint
-from alexnet_jax import evaluation as eval_lib
+from alexnet_jax import eval_lib
 from alexnet_jax import figures
 from alexnet_jax import optim
 from alexnet_jax import parallel
@@ -40,37 +40,11 @@ USER_ERRORS = (TrainingError, parallel.MeshError, release.Ilsvrc2010Error,
                checkpoint.CheckpointMismatchError)
 
 
-def setup_devices(config: ml_collections.ConfigDict) -> None:
-  """Makes `config.cpu_devices` fake CPU devices. Call before JAX starts.
-
-  Only the CPU backend is affected: on a GPU or TPU host the mesh is made of
-  the accelerators as usual.
-  """
-  if config.get("cpu_devices", 0):
-    jax.config.update("jax_num_cpu_devices", config.cpu_devices)
-
-
 def save_workdir_config(config: ml_collections.ConfigDict,
                         workdir: str) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-
-
-def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (written at the start of a run)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise eval_lib.NotAWorkdirError(
-        f"{path} not found: {workdir} is not a training workdir (it is "
-        "written when `python -m alexnet_jax.main` starts). Give the "
-        "--workdir of a training run.")
-  with open(path) as f:
-    # JSON turns the config's tuples into lists; turn them back (the model
-    # needs hashable fields).
-    return ml_collections.ConfigDict(json.load(
-        f, object_hook=lambda d: {
-            k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}))
 
 
 def _check_config(config: ml_collections.ConfigDict, mesh: Any) -> None:

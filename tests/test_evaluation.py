@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import evaluation
+from alexnet_jax import eval_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from alexnet_jax import steps
@@ -78,14 +78,14 @@ def test_ties_and_underflow_count_as_errors_in_the_program():
   mesh = parallel.make_mesh(1, 2)
   images = np.zeros((3, 99, 99, 3), np.float32)
   constant = constant_output_params(config, mesh, np.zeros(10))
-  result = evaluation.evaluate([(config, constant)], mesh,
-                               batches(config, mesh, images, np.arange(3)))
+  result = eval_lib.evaluate([(config, constant)], mesh,
+                             batches(config, mesh, images, np.arange(3)))
   assert result["top1_error"] == 1.0 and result["top5_error"] == 1.0
   logits = -150.0 * np.arange(10)  # Class j ranked j-th.
   deep = constant_output_params(config, mesh, logits)
   labels = np.array([0, 4, 6])
-  result = evaluation.evaluate([(config, deep)], mesh,
-                               batches(config, mesh, images, labels))
+  result = eval_lib.evaluate([(config, deep)], mesh,
+                             batches(config, mesh, images, labels))
   assert result["top1_error"] == pytest.approx(2 / 3)
   assert result["top5_error"] == pytest.approx(1 / 3)  # Label 6 only.
   # The loss is exact too: -log softmax of the true class, not -log(1e-30).
@@ -132,7 +132,7 @@ def test_program_evaluation_equals_independent_computation(ten_crop_case,
   placed = [jax.device_put(p, shardings) for p in members]
   for used, want_probs in (([0], probs[0]),
                            ([0, 1], (probs[0] + probs[1]) / 2)):
-    result = evaluation.evaluate(
+    result = eval_lib.evaluate(
         [(config, placed[i]) for i in used], mesh,
         batches(config, mesh, crops, labels))
     top1, top5, loss = expected(want_probs, labels)
@@ -154,11 +154,11 @@ def test_evaluation_compiles_once_per_shape():
       lambda event, *_, **__: compiles.append(event)
       if event == "/jax/core/compile/backend_compile_duration" else None)
   # Batches of 6: a shape no other test evaluates in this process.
-  evaluation.evaluate([(config, params)], mesh,
-                      batches(config, mesh, images, labels, batch_size=6))
+  eval_lib.evaluate([(config, params)], mesh,
+                    batches(config, mesh, images, labels, batch_size=6))
   first = len(compiles)
   assert first > 0  # Positive control: the listener sees compiles.
   for _ in range(2):
-    evaluation.evaluate([(config, params)], mesh,
-                        batches(config, mesh, images, labels, batch_size=6))
+    eval_lib.evaluate([(config, params)], mesh,
+                      batches(config, mesh, images, labels, batch_size=6))
   assert len(compiles) == first

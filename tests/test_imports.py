@@ -15,7 +15,7 @@ for name in ("tensorflow", "tensorflow_datasets"):
 
 def test_model_side_imports_without_tensorflow():
   code = _BLOCK_TENSORFLOW + """
-from alexnet_jax import checkpoint, evaluation, model, optim, parallel, steps
+from alexnet_jax import checkpoint, eval_lib, model, optim, parallel, steps
 from alexnet_jax import weights
 from benchmarks import layers, train_step
 import jax
