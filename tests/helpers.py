@@ -112,9 +112,9 @@ def final_params(workdir, config, mesh_shape=(1, 2)):
   """(host parameters, step) of the latest checkpoint in `workdir`."""
   # pylint: disable=g-import-not-at-top
   import jax
-  from alexnet_jax import evaluation
+  from alexnet_jax import eval_lib
   from alexnet_jax import parallel
 
   mesh = parallel.make_mesh(*mesh_shape)
-  params, step = evaluation.restore_params(workdir, config, mesh)
+  params, step = eval_lib.restore_params(workdir, config, mesh)
   return jax.device_get(params), step

@@ -23,6 +23,7 @@ from PIL import Image
 import pytest
 
 from alexnet_jax import checkpoint
+from alexnet_jax import eval_lib
 from alexnet_jax import figures
 from alexnet_jax import input_pipeline
 from alexnet_jax import train
@@ -98,7 +99,7 @@ def test_results_json_table_and_pictures(uninterrupted):
   assert np.shape(saved["conv1"]["per_kernel"]) == (2, 4)
   assert any(name.startswith("events.out.tfevents")
              for name in os.listdir(workdir))
-  config = train.load_workdir_config(workdir)
+  config = eval_lib.load_workdir_config(workdir)
   assert config.model.conv_features == (4, 8, 8, 8, 8)
 
 
