@@ -15,8 +15,22 @@ can be brought in and ours taken elsewhere:
 
 Caffe's own bvlc_alexnet reads BGR images; pass `input_channels="bgr"` to
 reverse conv1's input channels on import/export. Everything else about that
-model (227 crops, the Caffe LRN convention, inverted dropout) is config: see
-model.py.
+model (227 crops, the Caffe LRN convention, inverted dropout) is config:
+configs/ilsvrc2012.py:caffe_reference.
+
+Command line:
+
+  python -m alexnet_jax.weights convert --caffemodel=bvlc_alexnet.caffemodel \
+      --out=bvlc_alexnet.npz [--mean=imagenet_mean.binaryproto \
+      --mean_out=imagenet_mean.npz]
+  python -m alexnet_jax.weights export --npz=W.npz --config=CONFIG \
+      [--input_channels=bgr] --out=W.safetensors
+
+`convert` reads Caffe's files (caffe.py) and writes the .npz (conv1 stays
+BGR, as Caffe stores it) and the mean image as an .npz holding `mean_image`
+[256, 256, 3] (RGB, 0-255), the array the input pipeline subtracts.
+`export` writes safetensors for a PyTorch two-tower AlexNet (`SAFETENSORS`
+below describes the layout).
 """
 
 from __future__ import annotations
@@ -147,3 +161,174 @@ def import_npz(path: str | os.PathLike[str], like: Any,
   with np.load(path) as f:
     arrays = {k: f[k] for k in f.files}
   return from_caffe_layout(arrays, like, input_channels)
+
+
+# --- safetensors for PyTorch. ---
+
+SAFETENSORS = """\
+Keys and shapes (T = towers, 2 in the paper; widths are totals):
+  conv1.weight [96, 3, 11, 11]   conv1.bias [96]   input channels R, G, B
+  conv2.weight [256, 48, 5, 5]   groups=T          tower 0's kernels first
+  conv3.weight [384, 256, 3, 3]  groups=1 (reads both towers)
+  conv4.weight [384, 192, 3, 3]  groups=T (absent with model.remove_conv4)
+  conv5.weight [256, 192, 3, 3]  groups=T
+  fc6.weight [4096, 9216]        inputs: pool5 flattened as (c, h, w)
+  fc7.weight [4096, 4096]        fc8.weight [1000, 4096]
+  <layer>.bias [out]
+The names and shapes are a PyTorch state_dict of Conv2d(groups=...) and
+Linear modules; torch.nn.Conv2d's `groups` splits channels into contiguous
+blocks, tower 0 first, as here. The metadata ("alexnet_jax.*" keys) holds
+the rest of the network: input (RGB, 0-255 scale, minus the mean image),
+image size and conv1's bottom/right zero padding, strides and pads, LRN in
+torch.nn.LocalResponseNorm's convention (alpha divided by size) applied
+within each tower, pooling, activation. Test-time dropout is folded in:
+with the paper's rule (multiply by 1 - rate at test time, section 4.2)
+fc7.weight and fc8.weight are multiplied by 1 - rate, so nn.Dropout
+(identity in eval mode) computes the same function.
+"""
+
+
+def to_torch_layout(arrays: dict[str, np.ndarray],
+                    model_config: Any, input_channels: str = "rgb"
+                    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """Caffe-layout arrays -> (tensors, metadata) as in `SAFETENSORS`.
+
+  Args:
+    arrays: `to_caffe_layout` output (or a Caffe-layout .npz's contents).
+    model_config: the model config the weights belong to (model.py).
+    input_channels: conv1's input order in `arrays`; the result is RGB.
+  """
+  _check_channels(input_channels)
+  out = {k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}
+  if input_channels == "bgr":
+    out["conv1.weight"] = np.ascontiguousarray(out["conv1.weight"][:, ::-1])
+  rate = float(model_config.dropout_rate)
+  scaling = model_config.get("dropout_scaling", "inverted")
+  if rate and scaling == "paper":
+    # §4.2's test-time rule, x * (1 - rate) after fc6 and fc7, moved into
+    # the next layer's weights (fc7 and fc8 are linear in their inputs).
+    out["fc7.weight"] = out["fc7.weight"] * np.float32(1.0 - rate)
+    out["fc8.weight"] = out["fc8.weight"] * np.float32(1.0 - rate)
+  lrn = model_config.lrn
+  size = int(lrn.n)
+  # torch.nn.LocalResponseNorm divides alpha by size, like Caffe.
+  alpha = lrn.alpha if lrn.convention == "caffe" else lrn.alpha * size
+  towers = model_config.num_towers
+  metadata = {
+      "format": "pt",
+      "alexnet_jax.layout": "two-tower AlexNet (Krizhevsky et al. 2012)",
+      "alexnet_jax.input": "RGB, 0-255 scale, minus the mean image, NCHW",
+      "alexnet_jax.image_size": str(model_config.image_size),
+      "alexnet_jax.conv1": (
+          "stride 4, zero padding bottom/right "
+          f"{model_lib.conv1_padding(model_config.image_size)}"),
+      "alexnet_jax.conv2_to_conv5": "stride 1; pad 2 (conv2), 1 (others)",
+      "alexnet_jax.groups": f"conv2, conv4, conv5: {towers}",
+      "alexnet_jax.activation": model_config.get("activation", "relu"),
+      "alexnet_jax.lrn": (
+          "none" if not lrn.get("enabled", True) else
+          f"after the activation of conv1 and conv2, within each of the "
+          f"{towers} towers: torch.nn.LocalResponseNorm(size={size}, "
+          f"alpha={alpha!r}, beta={lrn.beta!r}, k={lrn.k!r})"),
+      "alexnet_jax.pool": (f"max, window {model_config.pool_window}, stride "
+                           f"{model_config.pool_stride}, after norm1, "
+                           "norm2 and conv5"),
+      "alexnet_jax.dropout": (
+          f"rate {rate} after fc6 and fc7; "
+          + ("test-time scaling folded into fc7, fc8"
+             if rate and scaling == "paper" else "inverted")),
+  }
+  return out, metadata
+
+
+def export_safetensors(path: str | os.PathLike[str],
+                       arrays: dict[str, np.ndarray], model_config: Any,
+                       input_channels: str = "rgb") -> None:
+  """Writes Caffe-layout `arrays` as safetensors (`SAFETENSORS`)."""
+  from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+
+  tensors, metadata = to_torch_layout(arrays, model_config, input_channels)
+  st_numpy.save_file(tensors, os.fspath(path), metadata=metadata)
+
+
+# --- Command line (module docstring). ---
+
+
+def _define_flags() -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  flags.DEFINE_string("caffemodel", None, "convert: Caffe's .caffemodel.")
+  flags.DEFINE_string("mean", None,
+                      "convert: Caffe's mean image (.binaryproto).")
+  flags.DEFINE_string("mean_out", None,
+                      "convert: where the mean image .npz goes.")
+  flags.DEFINE_string("npz", None, "export: weights in the Caffe layout.")
+  flags.DEFINE_enum("input_channels", "rgb", ["rgb", "bgr"],
+                    "export: conv1's input order in --npz (bgr: Caffe's).")
+  config_flags.DEFINE_config_file(
+      "config", None, "export: the config of the --npz model.",
+      lock_config=True)
+  flags.DEFINE_string("out", None, "Output file (.npz or .safetensors).")
+
+
+def _convert(values: dict[str, Any]) -> None:
+  from alexnet_jax import caffe  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
+
+  if not values["caffemodel"] or not values["out"]:
+    raise cli.UserError("convert needs --caffemodel and --out.")
+  if bool(values["mean"]) != bool(values["mean_out"]):
+    raise cli.UserError("--mean and --mean_out go together.")
+  conversion = caffe.read_alexnet(values["caffemodel"])
+  mean = caffe.read_mean(values["mean"]) if values["mean"] else None
+  print(f"{values['caffemodel']}: {conversion.report()}")
+  np.savez(values["out"], **conversion.arrays)
+  print(f"wrote {values['out']} (Caffe layout, conv1 input channels BGR: "
+        "use --input_channels=bgr)")
+  if mean is not None:
+    np.savez(values["mean_out"], mean_image=mean)
+    print(f"{values['mean']}: mean image {list(caffe.MEAN_SHAPE)} BGR; wrote "
+          f"{values['mean_out']} (mean_image [256, 256, 3] RGB, per-channel "
+          f"means {np.round(mean.mean(axis=(0, 1)), 2).tolist()})")
+
+
+def _export(values: dict[str, Any], config: Any) -> None:
+  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
+
+  if not values["npz"] or not values["out"] or config is None:
+    raise cli.UserError("export needs --npz, --config and --out.")
+  shapes = model_lib.param_shapes(config.model)
+  try:
+    params = import_npz(values["npz"], shapes, values["input_channels"])
+  except WeightsError as e:
+    raise cli.UserError(f"--npz={values['npz']}: {e}") from None
+  except (OSError, ValueError) as e:
+    raise cli.UserError(
+        f"--npz={values['npz']} is not a readable .npz file ({e}).") from None
+  export_safetensors(values["out"], to_caffe_layout(params), config.model)
+  print(f"wrote {values['out']} (safetensors, conv1 input channels RGB)")
+
+
+def main(argv: list[str]) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
+
+  commands = ("convert", "export")
+  if len(argv) != 2 or argv[1] not in commands:
+    raise cli.UserError(
+        f"give one command, {' or '.join(commands)}; got {argv[1:]}. See "
+        "`python -m alexnet_jax.weights --help`.")
+  values = {name: flags.FLAGS[name].value for name in (
+      "caffemodel", "mean", "mean_out", "npz", "input_channels", "out")}
+  if argv[1] == "convert":
+    _convert(values)
+  else:
+    _export(values, cli.config_value(flags.FLAGS["config"]))
+
+
+if __name__ == "__main__":
+  from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
+
+  _define_flags()
+  cli.run(main)

@@ -1,12 +1,21 @@
-"""npz weight interchange in the Caffe bvlc_alexnet layout."""
+"""npz weight interchange in the Caffe bvlc_alexnet layout, and the
+safetensors export for PyTorch."""
+
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
+from safetensors import numpy as st_numpy
+from safetensors import safe_open
 
 from alexnet_jax import model as model_lib
 from alexnet_jax import weights
+from configs import ilsvrc2012
 from tests import helpers
+from tests import reference
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +98,72 @@ def test_round_trip_of_the_ablation_nets(tmp_path, params, overrides):
     with pytest.raises(weights.WeightsError,
                        match=r"unexpected \['conv4.bias', 'conv4.weight'\]"):
       weights.import_npz(tmp_path / "full.npz", ablated)
+
+
+# --- safetensors for PyTorch (weights.SAFETENSORS). ---
+
+
+@pytest.mark.parametrize("scaling", ["paper", "inverted"])
+def test_safetensors_layout_runs_in_the_reference(tmp_path, scaling):
+  """The exported file, read with safetensors' numpy API, run by the
+  independent reference as PyTorch would run it (grouped convolutions,
+  per-tower LRN in torch's alpha / size convention, inverted dropout:
+  nothing at test time) gives our model's logits."""
+  config = helpers.tiny_model_config(dropout_scaling=scaling)
+  params = jax.device_get(model_lib.init_params(config, jax.random.key(3)))
+  path = tmp_path / "w.safetensors"
+  # Written from BGR Caffe-layout arrays, as from a converted bvlc_alexnet:
+  # the file holds RGB.
+  weights.export_safetensors(
+      path, weights.to_caffe_layout(params, input_channels="bgr"), config,
+      input_channels="bgr")
+  tensors = st_numpy.load_file(str(path))
+  with safe_open(str(path), framework="numpy") as f:
+    metadata = f.metadata()
+  assert sorted(tensors) == sorted(weights.to_caffe_layout(params))
+  assert tensors["conv2.weight"].shape == (16, 6, 5, 5)  # groups=2.
+  # torch.nn.LocalResponseNorm's alpha is divided by size: 5 * 1e-4 here.
+  assert "LocalResponseNorm(size=5, alpha=0.0005, beta=0.75, k=2.0)" in (
+      metadata["alexnet_jax.lrn"])
+  assert metadata["alexnet_jax.groups"] == "conv2, conv4, conv5: 2"
+  images = np.random.default_rng(0).normal(
+      0, 50, (2, 99, 99, 3)).astype(np.float32)
+  ours = jax.jit(model_lib.make_apply(config))(params, images)
+  theirs = jax.jit(lambda w, x: reference.logits(
+      w, x, towers=2, lrn=("caffe", 2.0, 5, 5e-4, 0.75),
+      dropout_scaling="inverted"))(tensors, images)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+  folded = scaling == "paper"
+  assert ("folded" in metadata["alexnet_jax.dropout"]) == folded
+  np.testing.assert_array_equal(
+      tensors["fc8.weight"],
+      weights.to_caffe_layout(params)["fc8.weight"] * (0.5 if folded else 1))
+
+
+def test_export_command_line(tmp_path):
+  """`python -m alexnet_jax.weights export` from a BGR .npz (Caffe's
+  order) writes what export_safetensors writes from RGB parameters."""
+  config = ilsvrc2012.get_config("caffe_reference")
+  config.model.update(conv_features=(4, 4, 6, 6, 4), fc_features=(8, 8),
+                      num_classes=10)
+  params = jax.device_get(model_lib.init_params(config.model,
+                                                jax.random.key(4)))
+  npz, out = tmp_path / "w.npz", tmp_path / "w.safetensors"
+  weights.export_npz(npz, params, input_channels="bgr")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run(
+      [sys.executable, "-m", "alexnet_jax.weights", "export", f"--npz={npz}",
+       "--input_channels=bgr", f"--out={out}",
+       "--config=configs/ilsvrc2012.py:caffe_reference",
+       "--config.model.conv_features=(4,4,6,6,4)",
+       "--config.model.fc_features=(8,8)", "--config.model.num_classes=10"],
+      cwd=helpers.REPO_ROOT, env=env, capture_output=True, text=True,
+      timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr
+  expected, _ = weights.to_torch_layout(weights.to_caffe_layout(params),
+                                        config.model)
+  got = st_numpy.load_file(str(out))
+  assert sorted(got) == sorted(expected)
+  for key, value in expected.items():
+    np.testing.assert_array_equal(got[key], value, key)
