@@ -1,6 +1,8 @@
-"""Summaries and pictures: TensorBoard scalars, the paper's Figure 3, plots.
+"""Pictures: the paper's Figure 3 (conv1's kernels) and plain line plots.
 
-Only process 0 writes; on the others every call is a no-op.
+`write_conv1` saves Figure 3 as `workdir/conv1.png` (process 0) and in
+TensorBoard (summaries.py), with each tower's color share; `line_plot` and
+`font` draw the figure commands' plots with PIL alone.
 """
 
 from __future__ import annotations
@@ -14,36 +16,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
-import tensorboardX
 
-
-class SummaryWriter:
-  """TensorBoard event files in `workdir` (process 0 only).
-
-  Written with tensorboardX, which needs neither TensorFlow nor the
-  `tensorboard` package (that is only needed to view the files).
-  """
-
-  def __init__(self, workdir: str):
-    self._writer = None
-    if jax.process_index() == 0:
-      self._writer = tensorboardX.SummaryWriter(workdir)
-
-  def scalars(self, step: int, values: dict[str, float]) -> None:
-    if self._writer is not None:
-      for name, value in values.items():
-        self._writer.add_scalar(name, value, step)
-      self._writer.flush()
-
-  def image(self, step: int, name: str, image: np.ndarray) -> None:
-    """Writes a uint8 [H, W, 3] image."""
-    if self._writer is not None:
-      self._writer.add_image(name, image, step, dataformats="HWC")
-      self._writer.flush()
-
-  def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
+from alexnet_jax import summaries
 
 
 def color_share(kernel: np.ndarray) -> np.ndarray:
@@ -136,7 +110,7 @@ def conv1_grid(kernel: np.ndarray, scale: int = 4, columns: int | None = None,
   return grid
 
 
-def write_conv1(writer: SummaryWriter, workdir: str, params: Any,
+def write_conv1(writer: summaries.SummaryWriter, workdir: str, params: Any,
                 step: int) -> dict[str, Any]:
   """Writes `workdir/conv1.png` and the TensorBoard image.
 

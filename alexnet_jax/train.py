@@ -27,6 +27,7 @@ from alexnet_jax import optim
 from alexnet_jax import parallel
 from alexnet_jax import run_data
 from alexnet_jax import steps
+from alexnet_jax import summaries
 from alexnet_jax.data import release
 
 
@@ -141,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Written once the data and any checkpoint have been read: a run that
   # fails to start leaves an existing workdir as it was.
   save_workdir_config(config, workdir)
-  writer = figures.SummaryWriter(workdir)
+  writer = summaries.SummaryWriter(workdir)
   start_step = int(jax.device_get(state.step))
   if extra is not None:
     plateau.load_state_dict(extra["plateau"])
