@@ -9,6 +9,7 @@ import pytest
 import scipy.io
 
 from alexnet_jax.data import mini
+from alexnet_jax.data import shapes
 
 TINY = mini.MiniParams(
     num_classes=3, train_per_class=4, val_per_class=2, test_per_class=2,
@@ -92,15 +93,15 @@ def test_official_layout_and_meta_mat(mini_dataset):
 
 def test_params_are_validated():
   with pytest.raises(ValueError, match="num_classes"):
-    mini.MiniParams(num_classes=len(mini.SHAPES) + 1).validate()
+    mini.MiniParams(num_classes=len(shapes.SHAPES) + 1).validate()
   with pytest.raises(ValueError, match="at least one"):
     mini.MiniParams(val_per_class=0).validate()
 
 
 def test_every_shape_draws_something():
-  for shape in mini.SHAPES:
+  for shape in shapes.SHAPES:
     rng = np.random.default_rng(0)
-    image = np.asarray(mini.render_image(rng, shape, 96, 80), np.float32)
+    image = np.asarray(shapes.render_image(rng, shape, 96, 80), np.float32)
     assert image.shape == (80, 96, 3)
     assert image.std() > 10.0, shape
 

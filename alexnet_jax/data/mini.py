@@ -1,11 +1,11 @@
 """A generated mini ILSVRC-2010 ("the demo data"), in the official layout.
 
-Writes the six release files listed in README "Data: ILSVRC-2010" -- a tar of per-class tars, the
-val and test tars, the devkit tar.gz with a real meta.mat and the
-validation ground truth, the test ground truth and patch_images.tar -- for
-a small, procedurally drawn recognition problem, so that the real builder
-(`alexnet_jax.data.ilsvrc2010`) and everything downstream run unchanged
-without the 150 GB release.
+Writes the six release files listed in README "Data: ILSVRC-2010" -- a
+tar of per-class tars, the val and test tars, the devkit tar.gz with a real
+meta.mat and the validation ground truth, the test ground truth and
+patch_images.tar -- for a small, procedurally drawn recognition problem,
+so that the real builder (`alexnet_jax.data.ilsvrc2010`) and everything
+downstream run unchanged without the 150 GB release.
 
 The release's quirks are reproduced on purpose: a few JPEGs are
 gzip-compressed without a .gz suffix, a few are CMYK or grayscale, and a
@@ -16,11 +16,9 @@ WNIDs or trusts tar order gets wrong labels.
 
 Images: one shape per class (circle, square, triangle, star, ...) at a
 random position, scale and rotation, in a random color, over a random
-background (gradients, noise, clutter). Color and position carry no class
-information, so nearest class-mean on raw pixels stays near chance
+background (shapes.py, with its difficulty knobs). Color and position carry
+no class information, so nearest class-mean on raw pixels stays near chance
 (`trivial_baselines`) while the shapes stay plainly visible to a CNN.
-How hard the problem is is set by the difficulty knobs below (background
-noise, clutter, object size, blur).
 
 Same arguments (seed included) give byte-identical files.
 
@@ -43,20 +41,17 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
-from PIL import ImageDraw
-from PIL import ImageFilter
-from PIL import ImageStat
 import scipy.io
 
 from alexnet_jax.data import release_metadata
 from alexnet_jax.data import release_reader
+from alexnet_jax.data import shapes
 
 # The release's file names, shared with the builder (TensorFlow-free).
 # pylint: disable=unused-import
 from alexnet_jax.data.release import DEVKIT_TAR
 from alexnet_jax.data.release import META_MEMBER
 from alexnet_jax.data.release import PATCH_TAR
-from alexnet_jax.data.release import REQUIRED_FILES
 from alexnet_jax.data.release import TEST_GROUND_TRUTH
 from alexnet_jax.data.release import TEST_TAR
 from alexnet_jax.data.release import TRAIN_TAR
@@ -72,52 +67,12 @@ GENERATOR_VERSION = 2
 _MTIME = 1275350400
 _JPEG_QUALITY = 90
 
-# One shape per class; the first ten are the most distinct from each other.
-SHAPES = (
-    "circle",
-    "square",
-    "triangle",
-    "star",
-    "cross",
-    "ring",
-    "crescent",
-    "arrow",
-    "tee",
-    "bar",
-    "hexagon",
-    "ell",
-    "half_disk",
-    "frame",
-)
-_ROUND_SHAPES = {"circle", "ring", "crescent", "half_disk"}
 
 # How many images of each split carry each release quirk.
 _QUIRKS = ("gzip", "cmyk", "gray", "blank")
 _QUIRKS_PER_SPLIT = {"train": 2, "val": 1, "test": 1}
 
-# --- Difficulty knobs. ---
-# Set so that the demo's reduced AlexNet (64x64 crops, ~3 minutes of CPU
-# training) gets well below chance while nearest class-mean on raw pixels
-# stays near it. Version 1 (noise backgrounds half the time with blobs down
-# to 1/8 of the image, clutter on half the images, radius from 0.2 side) was
-# too hard for that budget: ~40% validation error after 30 epochs, against
-# ~12% with these values (same network and recipe).
-# Chance of a noise background (smooth color blobs plus grain) instead of a
-# linear gradient between two colors.
-NOISE_BACKGROUND_PROB = 0.25
-# A noise background's blob grid has between these cells per side (high end
-# excluded): more cells = smaller blobs, closer to the objects in size.
-NOISE_CELLS = (2, 5)
-# Range of the per-pixel grain std of a noise background (0-255 levels).
-NOISE_GRAIN = (2.0, 12.0)
-# Chance of clutter (small strokes and blobs) and its count range (high end
-# excluded).
-CLUTTER_PROB = 0.3
-CLUTTER_COUNT = (3, 10)
-# Object radius as a fraction of the central square's side.
-OBJECT_RADIUS = (0.25, 0.45)
-# Chance of a mild Gaussian blur of the whole image.
-BLUR_PROB = 0.2
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +80,7 @@ class MiniParams:
   """What to generate.
 
   Attributes:
-    num_classes: classes (one shape each), at most len(SHAPES).
+    num_classes: classes (one shape each), at most len(shapes.SHAPES).
     train_per_class: training images per class.
     val_per_class: validation images per class.
     test_per_class: test images per class.
@@ -143,10 +98,10 @@ class MiniParams:
   seed: int = 0
 
   def validate(self) -> None:
-    if not 2 <= self.num_classes <= len(SHAPES):
+    if not 2 <= self.num_classes <= len(shapes.SHAPES):
       raise ValueError(
-          f"num_classes must be in 2..{len(SHAPES)} (one shape per class), "
-          f"got {self.num_classes}."
+          f"num_classes must be in 2..{len(shapes.SHAPES)} (one shape per "
+          f"class), got {self.num_classes}."
       )
     if min(self.train_per_class, self.val_per_class, self.test_per_class) < 1:
       raise ValueError("Need at least one image per class in every split.")
@@ -154,171 +109,6 @@ class MiniParams:
       raise ValueError(f"image_size must be >= 32, got {self.image_size}.")
 
 
-# --- Shapes, as polygons in the unit disk: (points Kx2, is_hole). ---
-def _regular(n: int, radius: float = 1.0, phase: float = 0.0) -> np.ndarray:
-  angles = phase + 2 * np.pi * np.arange(n) / n
-  return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-
-
-def _shape_polygons(shape: str) -> list[tuple[np.ndarray, bool]]:
-  """Outline(s) of a shape; later polygons with is_hole=True are cut out."""
-  if shape == "circle":
-    return [(_regular(64), False)]
-  if shape == "square":
-    return [(_regular(4, phase=np.pi / 4), False)]
-  if shape == "triangle":
-    return [(_regular(3, phase=-np.pi / 2), False)]
-  if shape == "hexagon":
-    return [(_regular(6), False)]
-  if shape == "star":
-    outer, inner = _regular(5, 1.0, -np.pi / 2), _regular(
-        5, 0.42, -np.pi / 2 + np.pi / 5
-    )
-    points = np.empty((10, 2))
-    points[0::2], points[1::2] = outer, inner
-    return [(points, False)]
-  if shape == "ring":
-    return [(_regular(64), False), (_regular(64, 0.58), True)]
-  if shape == "crescent":
-    hole = _regular(64, 0.88) + np.array([0.42, -0.1])
-    return [(_regular(64), False), (hole, True)]
-  if shape == "half_disk":
-    angles = np.linspace(0, np.pi, 33)
-    points = np.stack([np.cos(angles), np.sin(angles) - 0.4], axis=1)
-    return [(points, False)]
-  if shape == "frame":
-    return [
-        (_regular(4, phase=np.pi / 4), False),
-        (_regular(4, 0.62, phase=np.pi / 4), True),
-    ]
-  # Shapes given by corner lists (x, y), y down.
-  corners = {
-      "cross": [
-          (-0.3, -0.9), (0.3, -0.9), (0.3, -0.3), (0.9, -0.3), (0.9, 0.3),
-          (0.3, 0.3), (0.3, 0.9), (-0.3, 0.9), (-0.3, 0.3), (-0.9, 0.3),
-          (-0.9, -0.3), (-0.3, -0.3),
-      ],
-      "arrow": [
-          (-0.95, -0.2), (0.15, -0.2), (0.15, -0.6), (0.95, 0.0),
-          (0.15, 0.6), (0.15, 0.2), (-0.95, 0.2),
-      ],
-      "tee": [
-          (-0.85, -0.75), (0.85, -0.75), (0.85, -0.35), (0.2, -0.35),
-          (0.2, 0.85), (-0.2, 0.85), (-0.2, -0.35), (-0.85, -0.35),
-      ],
-      "bar": [(-0.95, -0.2), (0.95, -0.2), (0.95, 0.2), (-0.95, 0.2)],
-      "ell": [
-          (-0.55, -0.85), (-0.15, -0.85), (-0.15, 0.45), (0.6, 0.45),
-          (0.6, 0.85), (-0.55, 0.85),
-      ],
-  }
-  if shape not in corners:
-    raise ValueError(f"Unknown shape {shape!r}.")
-  return [(np.array(corners[shape], dtype=np.float64), False)]
-
-
-# --- Rendering. ---
-def _random_color(rng: np.random.Generator) -> np.ndarray:
-  return rng.uniform(0, 255, size=3)
-
-
-def _gradient(rng: np.random.Generator, w: int, h: int) -> Image.Image:
-  """A linear gradient between two random colors, in a random direction."""
-  c0, c1 = _random_color(rng), _random_color(rng)
-  angle = rng.uniform(0, 2 * np.pi)
-  # Computed on a coarse grid and resized: a linear ramp survives bilinear
-  # interpolation exactly, and this is ~20x faster than full resolution.
-  grid = 16
-  ys, xs = np.meshgrid(
-      np.linspace(0, h, grid), np.linspace(0, w, grid), indexing="ij"
-  )
-  t = xs * np.cos(angle) + ys * np.sin(angle)
-  t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-  coarse = np.clip(c0 + t[..., None] * (c1 - c0), 0, 255).astype(np.uint8)
-  return Image.fromarray(coarse).resize((w, h), Image.Resampling.BILINEAR)
-
-
-def _noise(rng: np.random.Generator, w: int, h: int) -> Image.Image:
-  """Smooth random color blobs plus per-pixel grain."""
-  cells = int(rng.integers(*NOISE_CELLS))
-  coarse = rng.uniform(0, 255, size=(cells, cells, 3)).astype(np.uint8)
-  smooth = Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC)
-  sigma = rng.uniform(*NOISE_GRAIN)
-  grain = rng.standard_normal(size=(h, w, 1), dtype=np.float32) * sigma
-  noisy = np.asarray(smooth, dtype=np.float32) + grain
-  return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-
-
-def _clutter(rng: np.random.Generator, image: Image.Image) -> None:
-  """Draws small random strokes and blobs: distractors, not shapes."""
-  w, h = image.size
-  side = min(w, h)
-  draw = ImageDraw.Draw(image)
-  for _ in range(int(rng.integers(*CLUTTER_COUNT))):
-    color = tuple(int(c) for c in _random_color(rng))
-    x, y = rng.uniform(0, w), rng.uniform(0, h)
-    extent = rng.uniform(0.03, 0.12) * side
-    if rng.random() < 0.6:
-      angle = rng.uniform(0, 2 * np.pi)
-      draw.line(
-          [(x, y), (x + extent * np.cos(angle), y + extent * np.sin(angle))],
-          fill=color,
-          width=int(rng.integers(1, 4)),
-      )
-    else:
-      draw.ellipse(
-          [x, y, x + extent, y + extent * rng.uniform(0.3, 1.0)], fill=color
-      )
-
-
-def render_image(
-    rng: np.random.Generator, shape: str, width: int, height: int
-) -> Image.Image:
-  """Draws one `shape` over a random background, as an RGB image."""
-  if rng.random() < 1.0 - NOISE_BACKGROUND_PROB:
-    image = _gradient(rng, width, height)
-  else:
-    image = _noise(rng, width, height)
-  if rng.random() < CLUTTER_PROB:
-    _clutter(rng, image)
-
-  # The builder keeps only the central square of side min(w, h) (paper §2),
-  # so the object is placed inside it: a cropped-away object would be a
-  # wrong label.
-  side = min(width, height)
-  x0, y0 = (width - side) / 2, (height - side) / 2
-  radius = rng.uniform(*OBJECT_RADIUS) * side
-  cx = x0 + rng.uniform(radius, side - radius)
-  cy = y0 + rng.uniform(radius, side - radius)
-  angle = rng.uniform(0, 2 * np.pi)
-  rotation = np.array(
-      [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
-  )
-  # Drawn at 2x and downsampled, for anti-aliased edges.
-  mask = Image.new("L", (2 * width, 2 * height), 0)
-  draw = ImageDraw.Draw(mask)
-  for points, is_hole in _shape_polygons(shape):
-    xy = (points @ rotation.T * radius + (cx, cy)) * 2
-    draw.polygon([tuple(p) for p in xy], fill=0 if is_hole else 255)
-  mask = mask.resize((width, height), Image.Resampling.BILINEAR)
-
-  # An object color that stands out from the background under it, with a
-  # mild shading gradient so the object is not one flat color.
-  under = np.array(ImageStat.Stat(image, mask).mean)
-  color = _random_color(rng)
-  for _ in range(20):
-    if np.linalg.norm(color - under) > 110:
-      break
-    color = _random_color(rng)
-  shading = np.asarray(_gradient(rng, 16, 16), dtype=np.float32) - 127.5
-  fill = np.clip(color + 0.25 * shading, 0, 255).astype(np.uint8)
-  fill_image = Image.fromarray(fill).resize(
-      (width, height), Image.Resampling.BILINEAR
-  )
-  result = Image.composite(fill_image, image, mask)
-  if rng.random() < BLUR_PROB:
-    result = result.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
-  return result
 
 
 def _image_dims(rng: np.random.Generator, base: int) -> tuple[int, int]:
@@ -447,7 +237,7 @@ def generate(out_dir: str, params: MiniParams = MiniParams()) -> MiniDataset:
     os.remove(stamp)
   n = params.num_classes
   rng = _split_rng(params.seed, 0)
-  shapes = SHAPES[:n]
+  class_shapes = shapes.SHAPES[:n]
   # Fake WNIDs in a random order: ID order != sorted WNID order, as in the
   # real meta.mat, so a reader that sorts WNIDs fails the tests.
   wnid_numbers = rng.integers(10**7, 10**8, size=n)
@@ -498,7 +288,8 @@ def generate(out_dir: str, params: MiniParams = MiniParams()) -> MiniDataset:
     for index, (name, label) in enumerate(items):
       image_rng = _split_rng(params.seed, split_code, index)
       width, height = _image_dims(image_rng, params.image_size)
-      image = render_image(image_rng, shapes[label], width, height)
+      image = shapes.render_image(image_rng, class_shapes[label], width,
+                                  height)
       quirk = quirk_of.get(index)
       encoded[split].append((name, label, _encode_with_quirk(image, quirk)))
       if quirk == "blank":
@@ -534,7 +325,7 @@ def generate(out_dir: str, params: MiniParams = MiniParams()) -> MiniDataset:
 
   # Devkit: meta.mat (classes first, IDs 1..N, then internal nodes) and the
   # validation ground truth, in a tar.gz with fixed gzip header fields.
-  synsets = _synsets(wnids, shapes, params.train_per_class)
+  synsets = _synsets(wnids, class_shapes, params.train_per_class)
   devkit_members = [
       ("devkit-1.0/readme.txt",
        b"Mini ILSVRC-2010 devkit generated by alexnet_jax.data.mini.\n"),
@@ -550,7 +341,7 @@ def generate(out_dir: str, params: MiniParams = MiniParams()) -> MiniDataset:
       manual_dir=out_dir,
       params=params,
       wnids=wnids,
-      shapes=tuple(shapes),
+      shapes=tuple(class_shapes),
       quirks=quirks,
   )
   _write_file_atomic(stamp, _stamp_json(dataset).encode("utf-8"))
@@ -558,11 +349,11 @@ def generate(out_dir: str, params: MiniParams = MiniParams()) -> MiniDataset:
 
 
 def _synsets(
-    wnids: Sequence[str], shapes: Sequence[str], train_per_class: int
+    wnids: Sequence[str], class_shapes: Sequence[str], train_per_class: int
 ) -> list[dict[str, Any]]:
   """The meta.mat entries: the classes (leaves), then a small hierarchy."""
   synsets = []
-  for i, (wnid, shape) in enumerate(zip(wnids, shapes)):
+  for i, (wnid, shape) in enumerate(zip(wnids, class_shapes)):
     synsets.append({
         "ILSVRC2010_ID": i + 1,
         "WNID": wnid,
@@ -574,8 +365,10 @@ def _synsets(
         "num_train_images": train_per_class,
     })
   n = len(wnids)
-  round_ids = [i + 1 for i, s in enumerate(shapes) if s in _ROUND_SHAPES]
-  polygon_ids = [i + 1 for i, s in enumerate(shapes) if s not in _ROUND_SHAPES]
+  round_ids = [i + 1 for i, s in enumerate(class_shapes)
+               if s in shapes.ROUND_SHAPES]
+  polygon_ids = [i + 1 for i, s in enumerate(class_shapes)
+                 if s not in shapes.ROUND_SHAPES]
   internal = [
       ("round shape", "a shape bounded by curves", round_ids, 1),
       ("polygon", "a shape bounded by straight edges", polygon_ids, 1),
