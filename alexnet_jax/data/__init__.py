@@ -102,7 +102,6 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
     )
 }
-NUM_CLASSES: dict[str, int] = {n: s.num_classes for n, s in DATASETS.items()}
 
 IMAGENET2012_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 IMAGENET2012_HELP = (
