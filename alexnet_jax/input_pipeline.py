@@ -10,6 +10,13 @@ input_stats.py (the mean image and the pixel covariance; PCA lighting's
 units), input_splits.py (what each process reads); run_data.py puts them
 together for a run and assembles global `jax.Array` batches.
 
+Speed
+  Per example only the JPEG is decoded -- for training only the crop
+  window (`decode_and_crop_jpeg`), into uint8. Flip, mean subtraction,
+  lighting and the float conversion run once per batch as one XLA-compiled
+  loop (as separate TensorFlow ops they took more CPU than the decode).
+  `python -m benchmarks.input_pipeline` measures images/s per core.
+
 Determinism and resume
   The training stream is an endless sequence of epochs of `steps_per_epoch *
   local_batch_size` records (each epoch drops its own remainder; the batches
@@ -27,7 +34,6 @@ Determinism and resume
   process count and TensorFlow version. (The shuffle op's seed is combined
   with TensorFlow's global seed: do not call `tf.random.set_seed` between a
   run and its resumption.)
-
 """
 
 from __future__ import annotations
@@ -137,7 +143,7 @@ def train_dataset_from_records(
     shuffle_buffer_size: records in the shuffle buffer.
     pca_lighting_std: std of the lighting coefficients alpha_i (paper: 0.1;
       0 disables PCA lighting, the paper's ablation).
-    pca_lighting_scale: "std" or "unit_variance"; see the module docstring.
+    pca_lighting_scale: "std" or "unit_variance"; see input_stats.py.
     images_prepared: True if every image is a JPEG of the prepared size
       (skips the per-image header check); None: check each image and
       rescale + center-crop those that are not.

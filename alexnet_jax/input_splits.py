@@ -1,5 +1,11 @@
 """What each process reads: its part of a split, batch sizes, step counts.
 
+Multi-host: each process reads its own contiguous part of every split
+(`tfds.even_splits`), batches `global_batch_size / process_count` examples,
+and `run_data.to_global_array` assembles the global batch as a `jax.Array`
+sharded over the mesh's `data` axis. All processes run the same number of
+training steps per epoch (set by the smallest part) and of evaluation
+batches (set by the largest part; the others pad more).
 """
 
 from __future__ import annotations
@@ -89,7 +95,7 @@ def records(builder: tfds.core.DatasetBuilder, split: tfds.typing.SplitArg,
   read_config = tfds.ReadConfig(
       shuffle_seed=seed if shuffle_files else None,
       # The file order is the same on every iteration; each epoch's own
-      # randomness comes from the record shuffle in `_train_records`.
+      # randomness comes from the record shuffle of input_pipeline.py.
       shuffle_reshuffle_each_iteration=False,
       skip_prefetch=True,
       options=options)

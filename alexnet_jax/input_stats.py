@@ -5,29 +5,6 @@ eigenvectors and eigenvalues drive PCA lighting (§4.1). Both are computed
 once over the training split, on the 0-255 scale, and cached next to the
 data.
 
-PCA lighting, minus the per-pixel mean image. Evaluation
-batches: the center crop or the paper's 10 patches, minus the mean image, the
-last batch padded and masked so that every example counts exactly once.
-
-TensorFlow only feeds data: importing this module hides every GPU and TPU from
-it, so that it never allocates accelerator memory that JAX needs.
-
-Images
-  Our ILSVRC-2010 builder stores JPEGs that are already 256x256 (the paper
-  rescales the shorter side to 256 and takes the central 256x256 once, when
-  the data set is prepared). TFDS's own `imagenet2012` and `imagenette` store
-  images of any size; for those the same rescale + central crop happens on
-  the fly, before anything else. A builder that declares fixed 256x256x3
-  JPEG images (ours) skips every check; otherwise each image's JPEG header
-  decides, so any builder with `image` and `label` features works.
-
-Speed
-  Per example only the JPEG is decoded -- for training only the crop
-  window (`decode_and_crop_jpeg`), into uint8. Flip, mean subtraction,
-  lighting and the float conversion run once per batch as one XLA-compiled
-  loop (as separate TensorFlow ops they took more CPU than the decode).
-  `python -m alexnet_jax.input_benchmark` measures images/s per core.
-
 PCA lighting and its scale trap
   The paper adds `[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T` to every pixel, with
   `a_i ~ N(0, 0.1)` drawn once per image and `p_i, l_i` the eigenvectors and
@@ -49,7 +26,6 @@ PCA lighting and its scale trap
   (`pca_lighting_scale="std"`): the offset projected on p_i has standard
   deviation `0.1 * sqrt(l_i)` levels. `"unit_variance"` reproduces the
   [0, 1]-variance recipe (offset std `0.1 * l_i / 255` on the 0-255 scale).
-
 """
 
 from __future__ import annotations
