@@ -118,7 +118,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_split = "validation"  # Watched for the plateau schedule.
   c.test_split = "test"  # Evaluated at the end ("" to skip).
   c.pca_lighting_std = 0.1  # §4.1: alpha_i ~ N(0, 0.1); 0 disables.
-  c.pca_lighting_scale = "std"  # See input_pipeline.py; or unit_variance.
+  c.pca_lighting_scale = "std"  # See input_stats.py; or unit_variance.
   c.stats_max_images = ml_collections.config_dict.placeholder(int)
   c.shuffle_buffer_size = 10_000
 
