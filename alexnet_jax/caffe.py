@@ -391,6 +391,8 @@ def check_alexnet(layers: Sequence[Layer], source: str,
   shapes = shapes or expected_shapes()
   by_name = {}
   for layer in layers:
+    if layer.type in PASSIVE_TYPES:
+      continue  # (A train/test net may hold two "data" layers.)
     if layer.name in by_name:
       raise CaffeFormatError(f"{source}: the layer name {layer.name!r} "
                              "appears twice.")

@@ -290,7 +290,7 @@ def _convert(values: dict[str, Any]) -> None:
     np.savez(values["mean_out"], mean_image=mean)
     print(f"{values['mean']}: mean image {list(caffe.MEAN_SHAPE)} BGR; wrote "
           f"{values['mean_out']} (mean_image [256, 256, 3] RGB, per-channel "
-          f"means {np.round(mean.mean(axis=(0, 1)), 2).tolist()})")
+          f"means {[round(float(v), 2) for v in mean.mean(axis=(0, 1))]})")
 
 
 def _export(values: dict[str, Any], config: Any) -> None:

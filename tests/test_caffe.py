@@ -133,6 +133,22 @@ def test_conversion_is_exact(tmp_path, narrow, legacy):
   assert "passed over: data (" in report and "passed over: prob (" in report
 
 
+def test_a_training_snapshot_converts(tmp_path, narrow):
+  """A file saved while training holds data and loss layers too (a
+  train/test prototxt even names two layers "data")."""
+  shapes, arrays = narrow
+  layers = ([("data", "Data", None), ("data", "Data", None)] +
+            list(caffe.BVLC_ALEXNET) +
+            [("loss", "SoftmaxWithLoss", None),
+             ("accuracy", "Accuracy", None)])
+  path = tmp_path / "snapshot.caffemodel"
+  path.write_bytes(net_bytes(arrays, True, layers))
+  conversion = caffe.read_alexnet(path, shapes)
+  np.testing.assert_array_equal(conversion.arrays["fc7.weight"],
+                                arrays["fc7.weight"])
+  assert "passed over: loss (SoftmaxWithLoss)" in conversion.report()
+
+
 def test_mean_image_becomes_rgb_hwc(tmp_path):
   rng = np.random.default_rng(1)
   bgr_chw = rng.random((3, 256, 256), np.float32) * 255
