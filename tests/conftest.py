@@ -5,12 +5,30 @@ file configures them first, before any test module imports JAX code. Tests
 that need a different device count run in a subprocess (see
 `run_in_subprocess` in tests/helpers.py).
 """
+import atexit
+import contextlib
+import fcntl
 import os
+import pathlib
+import shutil
+import tempfile
 
 # Four fake CPU devices: enough for the 2-tower mesh and for data x model =
 # 2 x 2. Must happen before the first JAX computation.
 NUM_FAKE_DEVICES = 4
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# One persistent compilation cache for the session, shared through the
+# environment with every subprocess the tests start: the many runs of the
+# smoke config through the command line compile the same programs, and
+# compiling is most of a smoke run's time. Fresh per session (a cache left
+# by another JAX version is never read); a directory already set in the
+# environment is used as it is.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache_dir = tempfile.mkdtemp(prefix="alexnet_jax_tests_jit_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 
@@ -26,6 +44,24 @@ jax.config.update("jax_platforms", "cpu")
 # them do not import TensorFlow.
 # =============================================================================
 import pytest  # noqa: E402
+
+
+@contextlib.contextmanager
+def shared_dir(tmp_path_factory, name: str):
+  """A directory made once per test session, also across pytest-xdist workers.
+
+  Yields the directory with a lock held, so that one worker builds what the
+  others then reuse; what the caller does inside must therefore find and
+  keep finished work (the data generators and `data.prepare` do).
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # Shared by the workers of this session.
+  path = pathlib.Path(root) / name
+  with open(f"{path}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    path.mkdir(exist_ok=True)
+    yield path
 
 # 10 classes x (8 train, 3 val, 3 test): 140 images. Source sides vary
 # around 160 px (about 110..270), so the builder's rescale both enlarges and
@@ -45,10 +81,10 @@ def mini_dataset(tmp_path_factory):
   """The generated mini release (`alexnet_jax.data.mini.MiniDataset`)."""
   from alexnet_jax.data import mini  # pylint: disable=g-import-not-at-top
 
-  out_dir = tmp_path_factory.mktemp("ilsvrc2010_mini_manual")
-  return mini.ensure_generated(
-      str(out_dir), mini.MiniParams(**MINI_TEST_PARAMS)
-  )
+  with shared_dir(tmp_path_factory, "ilsvrc2010_mini_manual") as out_dir:
+    return mini.ensure_generated(
+        str(out_dir), mini.MiniParams(**MINI_TEST_PARAMS)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -66,14 +102,14 @@ def mini_builder(mini_manual_dir, tmp_path_factory):
   """
   from alexnet_jax import data  # pylint: disable=g-import-not-at-top
 
-  data_dir = tmp_path_factory.mktemp("tfds_data")
-  builder = data.get_builder(
-      "ilsvrc2010_mini",
-      data_dir=str(data_dir),
-      num_classes=MINI_TEST_PARAMS["num_classes"],
-      num_workers=2,
-  )
-  return data.prepare(builder, manual_dir=mini_manual_dir)
+  with shared_dir(tmp_path_factory, "tfds_data") as data_dir:
+    builder = data.get_builder(
+        "ilsvrc2010_mini",
+        data_dir=str(data_dir),
+        num_classes=MINI_TEST_PARAMS["num_classes"],
+        num_workers=2,
+    )
+    return data.prepare(builder, manual_dir=mini_manual_dir)
 
 
 # =============================================================================
@@ -92,9 +128,9 @@ def smoke_dirs(tmp_path_factory):
   from alexnet_jax import run_data
   from tests import helpers
 
-  root = tmp_path_factory.mktemp("smoke_data")
-  dirs = (str(root / "tfds"), str(root / "manual"))
-  run_data.Data(helpers.smoke_config(dirs), parallel.make_mesh(1, 2))
+  with shared_dir(tmp_path_factory, "smoke_data") as root:
+    dirs = (str(root / "tfds"), str(root / "manual"))
+    run_data.Data(helpers.smoke_config(dirs), parallel.make_mesh(1, 2))
   return dirs
 
 
@@ -109,5 +145,9 @@ def uninterrupted(smoke_dirs, tmp_path_factory):
   """
   from tests import helpers  # pylint: disable=g-import-not-at-top
 
-  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  return workdir, helpers.run_main(smoke_dirs, workdir).stdout
+  with shared_dir(tmp_path_factory, "uninterrupted") as path:
+    workdir = str(path)
+    log = workdir + ".log"
+    if not os.path.exists(os.path.join(workdir, "results.json")):
+      helpers.run_main(smoke_dirs, workdir, log=log)
+    return workdir, helpers.read(log)
