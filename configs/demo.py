@@ -46,25 +46,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mini = ml_collections.ConfigDict(dict(
       num_classes=10, train_per_class=300, val_per_class=50,
       test_per_class=50, image_size=96, seed=0))
-  # The builder stores 72x72 images (the paper: 256); 64x64 crops.
+  # The builder stores 72x72 images (the paper: 256, §2); 64x64 crops.
   c.dataset_options = ml_collections.ConfigDict(
       dict(num_classes=10, image_size=72))
   c.model.image_size = 64
   c.model.num_classes = 10
-  # A quarter of the paper's widths (per tower).
+  # A quarter of the paper's widths (per tower, §3.5).
   c.model.conv_features = (12, 32, 48, 48, 32)
   c.model.fc_features = (256, 256)
-  # Init: Caffe's bvlc_alexnet (N(0, 0.01^2), fc6/fc7 std 0.005, biases 0.1),
+  # Init: Caffe's bvlc_alexnet (N(0, 0.01^2), fc6/fc7 std 0.005, biases 0.1;
+  # docs/paper.md "Other choices the paper leaves open"),
   # each std scaled by sqrt(paper fan-in / fan-in) to keep the paper's
   # per-layer activation scale at these widths (see model.py). Measured on
-  # this data: with the paper's init (biases 1 in conv2/4/5, fc6/7) the loss
-  # stays at ln(10) = 2.30 for 20 epochs (lr 0.01 with dropout, 0.02
+  # this data: with the paper's init (§5: biases 1 in conv2/4/5, fc6/7) the
+  # loss stays at ln(10) = 2.30 for 20 epochs (lr 0.01 with dropout, 0.02
   # without) and every fc7 ReLU dies -- the input-dependent part of the
   # logits starts at ~0.006 against biases of 1; Caffe's init leaves the
   # plateau after ~8 epochs at lr 0.02.
   c.model.init = "caffe"
   c.model.init_scale_to_width = True
-  # Dropout: the paper's 0.5 with the paper's scaling (model defaults), so
+  # Dropout: the paper's 0.5 with the paper's scaling (model defaults; §4.2,
+  # docs/paper.md "Dropout's rule"), so
   # that `no_dropout` is a real comparison here too. In this budget it
   # costs accuracy: §4.2 says dropout "roughly doubles the number of
   # iterations required to converge", and 60 epochs are not enough.
@@ -72,10 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # `configs/demo.py:no_dropout`, one seed each), top-1 error 1-crop/
   # 10-crop: with dropout validation 14.2%/10.4%, test 15.8%/11.6%;
   # without, validation 6.2%/3.2%, test 7.4%/4.4% (top-5 <= 0.4% in both).
-  # Batch 64 (paper: 128): twice the updates per epoch on 3,000 images.
+  # Batch 64 (paper: 128, §5): twice the updates per epoch on 3,000 images.
   c.batch_size = 64
   c.eval_batch_size = 100
-  # Paper: lr 0.01, /10 on validation plateaus (3 times), ~90 epochs. Here
+  # Paper (§5): lr 0.01, /10 on validation plateaus (3 times), ~90 epochs. Here
   # a fixed step schedule: 0.02 (leaves the initial plateau sooner than
   # 0.01), /10 at epochs 45 and 55, stop at 60 (2,760 steps, 1.5-2.5 minutes
   # on 2 CPU cores). Measured (2 seeds each): 5-6% validation error; one

@@ -131,10 +131,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.checkpoint_every_steps = 2000
   c.keep_checkpoints = 3
-  # Final evaluations: "center" (one crop) and "ten" (the paper's 10 patches).
+  # Final evaluations: "center" (one crop) and "ten" (the paper's 10
+  # patches, §4.1).
   c.final_eval_crops = ("center", "ten")
   # Devices: data x model. model=2: one tower per device, as on the paper's
-  # two GPUs; model=1: both towers on each device. data=-1: all the rest.
+  # two GPUs (§3.2); model=1: both towers on each device. data=-1: all the
+  # rest.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, model=2))
   # On a CPU-only host, make this many fake CPU devices (0: leave as is),
   # so the model-parallel program runs anywhere.
