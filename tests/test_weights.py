@@ -109,7 +109,10 @@ def test_safetensors_layout_runs_in_the_reference(tmp_path, scaling):
   independent reference as PyTorch would run it (grouped convolutions,
   per-tower LRN in torch's alpha / size convention, inverted dropout:
   nothing at test time) gives our model's logits."""
-  config = helpers.tiny_model_config(dropout_scaling=scaling)
+  # Weights scaled to the width: with the paper's init, this narrow net's
+  # logits hardly depend on the input (1e-8) and the test would see nothing.
+  config = helpers.tiny_model_config(dropout_scaling=scaling,
+                                     init_scale_to_width=True)
   params = jax.device_get(model_lib.init_params(config, jax.random.key(3)))
   path = tmp_path / "w.safetensors"
   # Written from BGR Caffe-layout arrays, as from a converted bvlc_alexnet:
@@ -133,6 +136,8 @@ def test_safetensors_layout_runs_in_the_reference(tmp_path, scaling):
       w, x, towers=2, lrn=("caffe", 2.0, 5, 5e-4, 0.75),
       dropout_scaling="inverted"))(tensors, images)
   np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+  # The images' logits differ by far more than the tolerance.
+  assert np.abs(ours[0] - ours[1]).max() > 1e-3
   folded = scaling == "paper"
   assert ("folded" in metadata["alexnet_jax.dropout"]) == folded
   np.testing.assert_array_equal(
