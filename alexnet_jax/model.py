@@ -35,7 +35,7 @@ The paper's comparisons are config fields (configs/ilsvrc2010.py names them):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -62,12 +62,14 @@ def default_config() -> ml_collections.ConfigDict:
   # Per-tower widths (§3.5): the paper's totals are twice these.
   c.conv_features = (48, 128, 192, 192, 128)
   c.fc_features = (2048, 2048)
-  # 224 is the paper's crop; conv1 then rounds its output size up like the
-  # authors' code (55x55). 227 is Caffe's crop, which gives 55x55 unpadded.
+  # 224 is the paper's crop (§3.5); conv1 then rounds its output size up
+  # like the authors' code (55x55). 227 is Caffe's crop, which gives 55x55
+  # unpadded (docs/paper.md "224 or 227").
   c.image_size = 224
   # Local response normalization (§3.3). convention="paper":
   #   b = a / (k + alpha * sum a^2)^beta with k=2, n=5, alpha=1e-4, beta=0.75.
-  # convention="caffe" (Caffe, PyTorch, cuda-convnet2) divides alpha by n;
+  # convention="caffe" (Caffe, PyTorch, cuda-convnet2) divides alpha by n
+  # (docs/paper.md "LRN");
   # Caffe's reference AlexNet also uses k=1.
   # enabled=False removes both LRN layers (the §3.3 comparison).
   c.lrn = ml_collections.ConfigDict(dict(
@@ -89,7 +91,8 @@ def default_config() -> ml_collections.ConfigDict:
   # but not the same training run: with the paper's N(0, 0.01^2) init and
   # learning rate, inverted dropout doubles what fc7 and fc8 see in
   # training and so changes their gradient steps. Weights trained with
-  # inverted dropout (e.g. Caffe's) must be evaluated with "inverted".
+  # inverted dropout (e.g. Caffe's) must be evaluated with "inverted"
+  # (docs/paper.md "Dropout's rule").
   c.dropout_scaling = "paper"
   # "paper": N(0, 0.01^2) weights, bias 1 in conv2, conv4, conv5, fc6, fc7
   # (§5). "caffe": bvlc_alexnet's fc6/fc7 std 0.005 and biases 0.1.
@@ -106,7 +109,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _init_constants(init: str) -> dict[str, tuple[float, float]]:
-  """(weight std, bias value) per layer for an init scheme."""
+  """(weight std, bias value) per layer for an init scheme, at the paper's
+  widths (`layer_init` applies `init_scale_to_width`)."""
   if init == "paper":
     # §5: "We initialized the weights in each layer from a zero-mean Gaussian
     # distribution with standard deviation 0.01. We initialized the neuron
@@ -117,7 +121,8 @@ def _init_constants(init: str) -> dict[str, tuple[float, float]]:
                 fc7=1., fc8=0.)
   elif init == "caffe":
     # Caffe's bvlc_alexnet: avoids the flat loss at ln(1000) some setups hit
-    # with the paper's init.
+    # with the paper's init (docs/paper.md "Other choices the paper leaves
+    # open").
     std = dict.fromkeys(CONV_LAYERS + FC_LAYERS, 0.01)
     std.update(fc6=0.005, fc7=0.005)
     bias = dict(conv1=0., conv2=.1, conv3=0., conv4=.1, conv5=.1, fc6=.1,
@@ -140,7 +145,8 @@ def conv1_padding(image_size: int) -> int:
   """Rows (and columns) of zeros conv1 adds at the bottom (right) edge.
 
   The authors' output-size rounding (`conv_out_size`) as explicit padding of
-  the far edges only: 3 at 224 (-> 55x55), 0 at 227.
+  the far edges only: 3 at 224 (-> 55x55), 0 at 227 (docs/paper.md "224 or
+  227").
   """
   return (conv_out_size(image_size, 11, 4) - 1) * 4 + 11 - image_size
 
@@ -160,12 +166,49 @@ def spatial_sizes(image_size: int, pool_window: int = 3,
               conv4=pool2, conv5=pool2, pool5=pool5)
 
 
+def _fan_ins(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """Inputs per unit of each layer (all towers' inputs where a layer reads
+  both: conv3, fc6, fc7, fc8)."""
+  towers = config.num_towers
+  c1, c2, c3, c4, c5 = config.conv_features
+  f6, f7 = config.fc_features
+  pool5 = spatial_sizes(config.image_size, config.pool_window,
+                        config.pool_stride)["pool5"]
+  fan_ins = dict(conv1=11 * 11 * 3, conv2=5 * 5 * c1,
+                 conv3=3 * 3 * towers * c2, conv4=3 * 3 * c3,
+                 conv5=3 * 3 * c4, fc6=towers * pool5 * pool5 * c5,
+                 fc7=towers * f6, fc8=towers * f7)
+  if config.remove_conv4:  # conv5 reads conv3 (§7).
+    del fan_ins["conv4"]
+    fan_ins["conv5"] = 3 * 3 * c3
+  return fan_ins
+
+
+def layer_init(config: ml_collections.ConfigDict
+               ) -> dict[str, tuple[float, float]]:
+  """(weight std, bias value) of each layer of `config`: the one source of
+  the initial distributions (`init_params` and `AlexNet.init` read it).
+
+  `config.init` names the scheme (§5, or Caffe's); with
+  `init_scale_to_width` each std is multiplied by sqrt(paper fan-in / this
+  fan-in), which changes nothing at the paper's widths.
+  """
+  consts = _init_constants(config.init)
+  fan_ins = _fan_ins(config)
+  if config.init_scale_to_width:
+    paper = _fan_ins(default_config())
+    return {name: (std * math.sqrt(paper[name] / fan_ins[name]), bias)
+            for name, (std, bias) in consts.items() if name in fan_ins}
+  return {name: consts[name] for name in fan_ins}
+
+
 def local_response_norm(x: Array, towers: int, *, convention: str, k: float,
                         n: int, alpha: float, beta: float) -> Array:
   """LRN across channels, within each tower (§3.3), computed in float32.
 
   b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta
-  where N is a tower's channel count. convention="caffe" uses alpha / n.
+  where N is a tower's channel count. convention="caffe" uses alpha / n
+  (docs/paper.md "LRN").
   """
   if convention not in ("paper", "caffe"):
     raise ValueError(f"lrn.convention={convention!r}: 'paper' or 'caffe'.")
@@ -176,7 +219,7 @@ def local_response_norm(x: Array, towers: int, *, convention: str, k: float,
   x_T = x.reshape(*lead, towers, channels // towers)
   half = n // 2
   # Zero padding at each tower's channel edges makes the window sum run over
-  # max(0, i - n/2) .. min(N - 1, i + n/2), as in the paper's formula.
+  # max(0, i - n/2) .. min(N - 1, i + n/2), as in the paper's formula (§3.3).
   sq_sum = jax.lax.reduce_window(
       jnp.square(x_T), 0.0, jax.lax.add,
       window_dimensions=(1,) * (x_T.ndim - 1) + (n,),
@@ -262,47 +305,36 @@ class DenseParams(nn.Module):
 class AlexNet(nn.Module):
   """The paper's network, on the `towers_local` towers this device holds.
 
-  Outside shard_map leave `model_axis`/`data_axis` as None and
-  `towers_local == num_towers`: one device computes both towers. Inside
-  shard_map (see `parallel` and `build`), set the mesh axis names; the
-  module then communicates only at conv3, fc6, fc7 and fc8.
+  Make it with `build(config, mesh)`: `config` is the model config, checked
+  and completed by `settings` (the module reads every setting from it and
+  restates none), `towers_local` and the mesh axis names come from the mesh.
+  Without a mesh, `towers_local == config.num_towers` and the axes are None:
+  one device computes every tower. Inside shard_map (see `parallel`), the
+  module communicates only at conv3, fc6, fc7 and fc8.
 
   Call with images [B, S, S, 3] (S = image_size), returns float32 logits
   [B, num_classes]. `train=True` draws dropout masks and needs a 'dropout'
   rng; `train=False` applies dropout's test-time rule (x 0.5 in "paper").
+
+  `AlexNet.init` draws each parameter from its own flax RNG stream;
+  `init_params`, which the program uses, draws all kernels from one stream.
+  Both take each layer's distribution from `layer_init`.
   """
-  num_classes: int = 1000
-  num_towers: int = 2
-  towers_local: int = 2
-  conv_features: Sequence[int] = (48, 128, 192, 192, 128)
-  fc_features: Sequence[int] = (2048, 2048)
-  image_size: int = 224
-  lrn_convention: str = "paper"
-  lrn_k: float = 2.0
-  lrn_n: int = 5
-  lrn_alpha: float = 1e-4
-  lrn_beta: float = 0.75
-  use_lrn: bool = True
-  pool_window: int = 3
-  pool_stride: int = 2
-  activation: str = "relu"
-  remove_conv4: bool = False
-  dropout_rate: float = 0.5
-  dropout_scaling: str = "paper"
-  init_scheme: str = "paper"
-  dtype: Any = jnp.float32
+  config: ml_collections.FrozenConfigDict
+  towers_local: int
   model_axis: str | None = None
   data_axis: str | None = None
 
   def _lrn(self, x: Array) -> Array:
-    if not self.use_lrn:
+    lrn = self.config.lrn
+    if not lrn.enabled:
       return x
     return local_response_norm(
-        x, self.towers_local, convention=self.lrn_convention, k=self.lrn_k,
-        n=self.lrn_n, alpha=self.lrn_alpha, beta=self.lrn_beta)
+        x, self.towers_local, convention=lrn.convention, k=lrn.k, n=lrn.n,
+        alpha=lrn.alpha, beta=lrn.beta)
 
   def _pool(self, x: Array) -> Array:
-    w, s = self.pool_window, self.pool_stride
+    w, s = self.config.pool_window, self.config.pool_stride
     return nn.max_pool(x, (w, w), strides=(s, s), padding="VALID")
 
   def _dropout(self, x: Array, train: bool) -> Array:
@@ -312,10 +344,10 @@ class AlexNet(nn.Module):
     unscaled; test multiplies every output by keep. "inverted": training
     divides the kept outputs by keep; test is the identity.
     """
-    if self.dropout_rate == 0.0:
+    if self.config.dropout_rate == 0.0:
       return x
-    keep = 1.0 - self.dropout_rate
-    paper = self.dropout_scaling == "paper"
+    keep = 1.0 - self.config.dropout_rate
+    paper = self.config.dropout_scaling == "paper"
     if not train:
       # §4.2: "At test time, we use all the neurons but multiply their
       # outputs by 0.5".
@@ -333,17 +365,18 @@ class AlexNet(nn.Module):
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False) -> Array:
-    if images.ndim != 4 or images.shape[1:] != (
-        self.image_size, self.image_size, 3):
+    config = self.config
+    size = config.image_size
+    if images.ndim != 4 or images.shape[1:] != (size, size, 3):
       raise ValueError(
-          f"AlexNet expects images [batch, {self.image_size}, "
-          f"{self.image_size}, 3]; got {images.shape}. Set model.image_size "
+          f"AlexNet expects images [batch, {size}, "
+          f"{size}, 3]; got {images.shape}. Set model.image_size "
           "to the crop size of the input pipeline.")
-    consts = _init_constants(self.init_scheme)
-    towers, dt = self.towers_local, self.dtype
-    act = ACTIVATIONS[self.activation]
-    c1, c2, c3, c4, c5 = self.conv_features
-    f6, f7 = self.fc_features
+    consts = layer_init(config)
+    towers, dt = self.towers_local, jnp.dtype(config.dtype)
+    act = ACTIVATIONS[config.activation]
+    c1, c2, c3, c4, c5 = config.conv_features
+    f6, f7 = config.fc_features
 
     def conv(name, features, k, shared, stride=1, padding="SAME"):
       std, bias = consts[name]
@@ -355,9 +388,10 @@ class AlexNet(nn.Module):
       std, bias = consts[name]
       return DenseParams(kernel_shape, bias_shape, std, bias, name=name)()
 
-    # conv1 reads the whole image in both towers. Authors' output-size
-    # rounding: pad only the bottom/right edge (224 -> 55, 227 -> 55).
-    pad = conv1_padding(self.image_size)
+    # conv1 reads the whole image in both towers (§3.5). Authors' output-size
+    # rounding: pad only the bottom/right edge (224 -> 55, 227 -> 55;
+    # docs/paper.md "224 or 227").
+    pad = conv1_padding(size)
     x = conv("conv1", c1, 11, True, 4, ((0, pad), (0, pad)))(images)
     x = self._pool(self._lrn(act(x)))  # §3.3: LRN after ReLU.
     x = conv("conv2", c2, 5, False)(x)
@@ -365,7 +399,7 @@ class AlexNet(nn.Module):
     # conv3 reads both towers' conv2 maps: the first communication.
     x = parallel.gather_towers(x, self.model_axis, axis=-1)
     x = act(conv("conv3", c3, 3, True)(x))
-    if not self.remove_conv4:
+    if not config.remove_conv4:
       x = act(conv("conv4", c4, 3, False)(x))
     x = act(conv("conv5", c5, 3, False)(x))
     x = self._pool(x)
@@ -376,7 +410,7 @@ class AlexNet(nn.Module):
     batch, h, w, _ = x.shape
     x_BTI = x.reshape(batch, h, w, towers, c5).transpose(0, 3, 1, 2, 4)
     x_BTI = x_BTI.reshape(batch, towers, h * w * c5)
-    k6, b6 = fc("fc6", (towers, h * w * c5, self.num_towers * f6),
+    k6, b6 = fc("fc6", (towers, h * w * c5, config.num_towers * f6),
                 (towers, f6))
     # Each matmul runs in its layer's name scope: profiles read the layer
     # from the op name (benchmarks/op_profile.py), as for the conv modules.
@@ -388,7 +422,7 @@ class AlexNet(nn.Module):
     # fc7: every unit reads all of fc6 (gathered); each tower computes its own
     # units.
     x = parallel.gather_towers(x, self.model_axis, axis=1)
-    k7, b7 = fc("fc7", (towers, self.num_towers * f6, f7), (towers, f7))
+    k7, b7 = fc("fc7", (towers, config.num_towers * f6, f7), (towers, f7))
     with jax.named_scope("fc7"):
       x = jnp.einsum("bi,tio->bto", x.astype(dt), k7.astype(dt))
     x = act(x.reshape(batch, towers * f7) + b7.reshape(-1).astype(dt))
@@ -398,7 +432,8 @@ class AlexNet(nn.Module):
 
     # fc8: each tower's fc7 units times its rows of the fc8 matrix; the
     # partial logits are summed across towers on every device.
-    k8, b8 = fc("fc8", (towers, f7, self.num_classes), (self.num_classes,))
+    k8, b8 = fc("fc8", (towers, f7, config.num_classes),
+                (config.num_classes,))
     x_BTI = x.reshape(batch, towers, f7)
     with jax.named_scope("fc8"):
       partial = jnp.einsum("bti,tik->bk", x_BTI.astype(dt), k8.astype(dt))
@@ -406,14 +441,16 @@ class AlexNet(nn.Module):
     return logits + b8
 
 
-def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None
-          ) -> AlexNet:
-  """The module for `config` (a `default_config()`-shaped ConfigDict).
+# Fields added after the first release, with the values the runs of a
+# workdir whose saved config.json lacks them used.
+_LEGACY_FIELDS = dict(activation="relu", dropout_scaling="inverted",
+                      remove_conv4=False, init_scale_to_width=False)
 
-  With a mesh, the module is the per-device program for `parallel.shard_map`
-  (it holds num_towers / mesh.model towers and communicates over the mesh
-  axes); without one, it holds every tower and runs on one device.
-  """
+
+def settings(config: ml_collections.ConfigDict
+             ) -> ml_collections.FrozenConfigDict:
+  """`config` (a `default_config()`-shaped model config), checked and
+  completed: what `AlexNet` reads. Raises ValueError naming a bad field."""
   if config.num_towers < 1:
     raise ValueError(f"model.num_towers={config.num_towers} must be >= 1.")
   if len(config.conv_features) != 5 or len(config.fc_features) != 2:
@@ -430,72 +467,56 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None
         f"spatial sizes {sizes}.")
   if config.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"model.dtype={config.dtype!r}: float32 or bfloat16.")
-  # Fields added after the first release: a workdir's saved config.json may
-  # lack them. Its runs used ReLU, LRN, conv4 and inverted dropout.
-  activation = config.get("activation", "relu")
-  scaling = config.get("dropout_scaling", "inverted")
-  if activation not in ACTIVATIONS:
-    raise ValueError(
-        f"model.activation={activation!r}: one of {list(ACTIVATIONS)}.")
-  if scaling not in DROPOUT_SCALINGS:
-    raise ValueError(f"model.dropout_scaling={scaling!r}: one of "
-                     f"{list(DROPOUT_SCALINGS)}.")
+  complete = ml_collections.ConfigDict(config.to_dict())
+  for name, value in _LEGACY_FIELDS.items():
+    if name not in complete:
+      complete[name] = value
+  if "enabled" not in complete.lrn:
+    complete.lrn.enabled = True
+  if complete.activation not in ACTIVATIONS:
+    raise ValueError(f"model.activation={complete.activation!r}: one of "
+                     f"{list(ACTIVATIONS)}.")
+  if complete.dropout_scaling not in DROPOUT_SCALINGS:
+    raise ValueError(f"model.dropout_scaling={complete.dropout_scaling!r}: "
+                     f"one of {list(DROPOUT_SCALINGS)}.")
   if not 0.0 <= config.dropout_rate < 1.0:
     raise ValueError(
         f"model.dropout_rate={config.dropout_rate} must be in [0, 1).")
   _init_constants(config.init)  # Validates the name.
+  return ml_collections.FrozenConfigDict(complete)
+
+
+def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None
+          ) -> AlexNet:
+  """The module for `config` (a `default_config()`-shaped ConfigDict).
+
+  With a mesh, the module is the per-device program for `parallel.shard_map`
+  (it holds num_towers / mesh.model towers and communicates over the mesh
+  axes); without one, it holds every tower and runs on one device.
+  """
+  config = settings(config)
   towers_local = parallel.towers_per_device(mesh, config.num_towers)
   if towers_local * (mesh.shape[parallel.MODEL] if mesh else 1) != (
       config.num_towers):
     raise parallel.MeshError(
         f"mesh.model={mesh.shape[parallel.MODEL]} does not divide "
         f"model.num_towers={config.num_towers}.")
-  return AlexNet(
-      num_classes=config.num_classes,
-      num_towers=config.num_towers,
-      towers_local=towers_local,
-      conv_features=tuple(config.conv_features),
-      fc_features=tuple(config.fc_features),
-      image_size=config.image_size,
-      lrn_convention=config.lrn.convention,
-      lrn_k=config.lrn.k,
-      lrn_n=config.lrn.n,
-      lrn_alpha=config.lrn.alpha,
-      lrn_beta=config.lrn.beta,
-      use_lrn=config.lrn.get("enabled", True),
-      pool_window=config.pool_window,
-      pool_stride=config.pool_stride,
-      activation=activation,
-      remove_conv4=config.get("remove_conv4", False),
-      dropout_rate=config.dropout_rate,
-      dropout_scaling=scaling,
-      init_scheme=config.init,
-      dtype=jnp.dtype(config.dtype),
-      model_axis=parallel.tower_axis(mesh),
-      data_axis=parallel.DATA if mesh is not None else None,
-  )
-
-
-def _fan_in(name: str, shapes: Any) -> int:
-  """Inputs per unit of a layer, from its stored kernel shape."""
-  shape = shapes[name]["kernel"].shape
-  if name in CONV_LAYERS:
-    return math.prod(shape[1:-1])  # [T, kh, kw, I, O]
-  if name == "fc7":
-    return shape[1]  # [T, all fc6 units, own units]
-  return shape[0] * shape[1]  # fc6, fc8: [T, own rows, O]; rows of all T.
+  return AlexNet(config=config, towers_local=towers_local,
+                 model_axis=parallel.tower_axis(mesh),
+                 data_axis=parallel.DATA if mesh is not None else None)
 
 
 def init_params(config: ml_collections.ConfigDict, rng: Array,
                 mesh: Mesh | None = None) -> Any:
   """Creates the parameters, directly with their shardings when given a mesh.
 
-  Weights ~ N(0, std^2) and constant biases per `config.init` (§5). All
+  Weights ~ N(0, std^2) and constant biases per `layer_init` (§5). All
   kernels are cut from one normal stream of shape [towers, n]: one RNG op
   (each random op costs seconds of XLA compile time on CPU) that XLA shards
   over `model`, so no device draws more than its towers' share. The values
-  do not depend on the mesh. (`AlexNet.init` draws from the same
-  distributions, one stream per parameter.)
+  do not depend on the mesh. The parameter tree is the module's
+  (`AlexNet.init`, which draws from the same distributions, one stream per
+  parameter).
   """
   module = build(config, mesh=None)
   images = jax.ShapeDtypeStruct(
@@ -503,12 +524,7 @@ def init_params(config: ml_collections.ConfigDict, rng: Array,
   shapes = jax.eval_shape(
       lambda x: module.init({"params": jax.random.key(0)}, x),
       images)["params"]
-  consts = _init_constants(config.init)
-  if config.init_scale_to_width:
-    paper = param_shapes(default_config())
-    consts = {name: (std * math.sqrt(_fan_in(name, paper) /
-                                     _fan_in(name, shapes)), bias)
-              for name, (std, bias) in consts.items() if name in shapes}
+  consts = layer_init(module.config)
   towers = config.num_towers
   sizes = {name: math.prod(shapes[name]["kernel"].shape[1:])
            for name in CONV_LAYERS + FC_LAYERS if name in shapes}

@@ -1,5 +1,6 @@
 """The model: shapes, parameter count, LRN, and equality with a reference."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -108,6 +109,67 @@ def test_caffe_init_option():
   np.testing.assert_array_equal(params["conv2"]["bias"], np.float32(0.1))
   np.testing.assert_array_equal(params["conv3"]["bias"], 0.0)
   assert abs(np.asarray(params["fc7"]["kernel"]).std() - 0.005) < 0.0003
+
+
+def test_module_reads_its_settings_from_the_config():
+  """One source: the module's only settings field is the model config."""
+  fields = [f.name for f in dataclasses.fields(model_lib.AlexNet)
+            if f.name not in ("parent", "name")]
+  assert fields == ["config", "towers_local", "model_axis", "data_axis"]
+  config = helpers.tiny_model_config(activation="tanh", pool_window=2)
+  module = model_lib.build(config)
+  assert module.config == model_lib.settings(config)
+  assert module.config.activation == "tanh"
+  assert module.config.pool_window == 2
+  assert module.towers_local == 2
+
+
+def test_settings_complete_an_old_config():
+  """A workdir's config.json from before a field existed: the values its
+  runs used (ReLU, LRN, conv4, inverted dropout)."""
+  config = helpers.tiny_model_config()
+  for name in ("activation", "dropout_scaling", "remove_conv4",
+               "init_scale_to_width"):
+    del config[name]
+  del config.lrn["enabled"]
+  complete = model_lib.settings(config)
+  assert (complete.activation, complete.dropout_scaling,
+          complete.remove_conv4, complete.init_scale_to_width,
+          complete.lrn.enabled) == ("relu", "inverted", False, False, True)
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, dict(init_scale_to_width=True),
+    dict(init_scale_to_width=True, remove_conv4=True, init="caffe")])
+def test_module_init_and_init_params_agree(overrides):
+  """`AlexNet.init` and `init_params` (the program's) give the same tree,
+  shapes, dtypes and biases, and kernels of the same std (`layer_init`).
+
+  They draw from different streams (one per parameter vs one for all), so
+  kernel values differ; their distributions must not.
+  """
+  config = helpers.tiny_model_config(**overrides)
+  images = jnp.zeros((1, 99, 99, 3))
+  module_params = model_lib.build(config).init(jax.random.key(0),
+                                               images)["params"]
+  program_params = model_lib.init_params(config, jax.random.key(0))
+  assert jax.tree.structure(module_params) == jax.tree.structure(
+      program_params)
+  expected = model_lib.layer_init(model_lib.settings(config))
+  assert sorted(expected) == sorted(program_params)
+  for name, (std, bias) in expected.items():
+    for params in (module_params, program_params):
+      layer = jax.tree.map(np.asarray, params[name])
+      assert layer["kernel"].shape == program_params[name]["kernel"].shape
+      assert layer["kernel"].dtype == layer["bias"].dtype == np.float32
+      np.testing.assert_array_equal(layer["bias"], np.float32(bias))
+      # At least 320 values per kernel: the std is within 15%.
+      assert abs(layer["kernel"].std() / std - 1) < 0.15, (name, overrides)
+  if overrides.get("init_scale_to_width"):
+    # Not the paper's std: fc6's fan-in is 2 x 6 x 6 x 128 in the paper and
+    # 2 x 2 x 2 x 8 here, a factor sqrt(9216 / 64) = 12 on both paths.
+    paper_std = 0.005 if overrides.get("init") == "caffe" else 0.01
+    assert expected["fc6"][0] == pytest.approx(12 * paper_std)
 
 
 def _reference_options(config):
@@ -220,8 +282,8 @@ def test_dropout_masks_equal_across_meshes_and_differ_per_tower():
     ("paper", 1.0, 0.5), ("inverted", 2.0, 1.0)])
 def test_dropout_training_and_test_outputs(scaling, kept_value, test_factor):
   """§4.2: training zeroes outputs unscaled, test multiplies by 0.5."""
-  module = model_lib.AlexNet(towers_local=2, dropout_rate=0.5,
-                             dropout_scaling=scaling)
+  module = model_lib.build(helpers.tiny_model_config(
+      dropout_rate=0.5, dropout_scaling=scaling))
   x = jnp.ones((8, 2 * 500)) * 3.0
   y = module.apply({}, x, True, method=model_lib.AlexNet._dropout,
                    rngs={"dropout": jax.random.key(0)})
