@@ -5,7 +5,7 @@ eigenvectors and eigenvalues drive PCA lighting (§4.1). Both are computed
 once over the training split, on the 0-255 scale, and cached next to the
 data.
 
-PCA lighting and its scale trap
+PCA lighting and its scale trap (docs/paper.md "PCA lighting units")
   The paper adds `[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T` to every pixel, with
   `a_i ~ N(0, 0.1)` drawn once per image and `p_i, l_i` the eigenvectors and
   eigenvalues of the 3x3 covariance of the training RGB pixels. Read

@@ -8,7 +8,8 @@ The update rule of §5 is
 The velocity accumulates *learning-rate-scaled* steps, so when eps drops the
 old velocity is not rescaled. optax's `sgd(momentum=...)` keeps a trace of raw
 gradients and multiplies it by the current rate instead, which is a
-different rule after every rate change. Here the learning rate is applied
+different rule after every rate change (docs/paper.md "Momentum after a rate
+drop"). Here the learning rate is applied
 *before* the momentum trace:
 
     add_decayed_weights(wd)      g' = grad + wd * w

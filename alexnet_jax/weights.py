@@ -182,7 +182,7 @@ the rest of the network: input (RGB, 0-255 scale, minus the mean image),
 image size and conv1's bottom/right zero padding, strides and pads, LRN in
 torch.nn.LocalResponseNorm's convention (alpha divided by size) applied
 within each tower, pooling, activation. Test-time dropout is folded in:
-with the paper's rule (multiply by 1 - rate at test time, section 4.2)
+with the paper's rule (multiply by 1 - rate at test time, §4.2)
 fc7.weight and fc8.weight are multiplied by 1 - rate, so nn.Dropout
 (identity in eval mode) computes the same function.
 """

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 
 def lrn_loop(x_NCHW, towers, k, n, alpha, beta, convention):
-  """LRN by the paper's formula, one channel at a time, within each tower."""
+  """LRN by the paper's formula (§3.3), one channel at a time, per tower."""
   channels = x_NCHW.shape[1]
   per_tower = channels // towers
   scale = alpha / n if convention == "caffe" else alpha
@@ -77,7 +77,8 @@ def logits(w, images_NHWC, *, towers=2, lrn=("paper", 2.0, 5, 1e-4, 0.75),
 
   x = jnp.transpose(images_NHWC, (0, 3, 1, 2))
   size = x.shape[-1]
-  # The authors' round-up: 1 + ceil((size - 11) / 4) outputs.
+  # The authors' round-up: 1 + ceil((size - 11) / 4) outputs
+  # (docs/paper.md "224 or 227").
   out = 1 + math.ceil((size - 11) / 4)
   pad = (out - 1) * 4 + 11 - size
   x = _conv(x, w["conv1.weight"], w["conv1.bias"], 4, ((0, pad), (0, pad)), 1)

@@ -65,7 +65,8 @@ def test_differs_from_raw_gradient_momentum_after_a_drop():
   theirs_state.hyperparams["learning_rate"] = jnp.asarray(0.01)
   u2, _ = ours.update(g, ours_state, params)
   t2, _ = theirs.update(g, theirs_state, params)
-  # Paper: v = 0.9 * (-0.1) - 0.01 = -0.1; raw trace: -0.01 * 1.9 = -0.019.
+  # Paper (§5): v = 0.9 * (-0.1) - 0.01 = -0.1; raw trace: -0.01 * 1.9 =
+  # -0.019.
   np.testing.assert_allclose(u2["w"], -0.1, rtol=1e-6)
   np.testing.assert_allclose(t2["w"], -0.019, rtol=1e-6)
 

@@ -23,7 +23,7 @@ from alexnet_jax.data import release_metadata
 from alexnet_jax.data import release_reader
 from alexnet_jax.data.release import PAPER_IMAGE_SIZE
 
-# TensorFlow only feeds data; the accelerators belong to JAX (STYLE.md).
+# TensorFlow only feeds data; the accelerators belong to JAX.
 try:
   tf.config.set_visible_devices([], "GPU")
 except (RuntimeError, ValueError):  # Already initialized, or no GPU support.
