@@ -219,7 +219,7 @@ def _make_train_finish(stats: InputStats, crop_size: int,
   pass over the float image: in a profile they took more CPU time than the
   JPEG decode, and they were the first to slow down when another job
   competed for memory bandwidth. Fused, they are one pass (~90 us per
-  224x224 image on one core in isolation; see input_benchmark).
+  224x224 image on one core in isolation; benchmarks/input_pipeline.py).
   """
   mean_image = tf.constant(stats.mean_image)
   lighting = tf.constant(stats.lighting_matrix(pca_lighting_scale))
