@@ -17,6 +17,7 @@ from PIL import Image
 import pytest
 
 from alexnet_jax import ablate
+from alexnet_jax import ablation_report
 from tests import helpers
 
 SMOKE = "configs/demo.py:smoke"
@@ -50,7 +51,7 @@ def smoke_study(smoke_dirs, tmp_path_factory):
 def test_paired_difference_by_hand():
   paper = {0: 0.30, 1: 0.32, 2: 0.34, 3: 0.50}  # Seed 3: no pair.
   variant = {0: 0.33, 1: 0.33, 2: 0.37}
-  d = ablate.paired_difference(variant, paper)
+  d = ablation_report.paired_difference(variant, paper)
   # Differences 0.03, 0.01, 0.03: mean 0.07/3; deviations 1/300, -2/150,
   # 1/300; sample variance (1/90000 + 4/22500 + 1/90000) / 2 = 1/7500.
   mean, std = 0.07 / 3, math.sqrt(1 / 7500)
@@ -59,15 +60,15 @@ def test_paired_difference_by_hand():
   assert d["mean"] == pytest.approx(mean)
   assert d["std"] == pytest.approx(std)
   assert d["ci95"] == pytest.approx([mean - half, mean + half])
-  assert ablate.reading(d) == "within noise"  # [-0.0053, +0.0520].
+  assert ablation_report.reading(d) == "within noise"  # [-0.0053, +0.0520].
   # One pair: a difference but no interval.
-  one = ablate.paired_difference({0: 0.4}, {0: 0.3})
+  one = ablation_report.paired_difference({0: 0.4}, {0: 0.3})
   assert one["mean"] == pytest.approx(0.1) and one["ci95"] is None
-  assert ablate.reading(one).startswith("n/a")
+  assert ablation_report.reading(one).startswith("n/a")
   # Equal differences: a zero-width interval away from 0.
-  same = ablate.paired_difference({0: 0.4, 1: 0.5}, {0: 0.3, 1: 0.4})
+  same = ablation_report.paired_difference({0: 0.4, 1: 0.5}, {0: 0.3, 1: 0.4})
   assert same["ci95"] == pytest.approx([0.1, 0.1])
-  assert ablate.reading(same) == "worse than paper"
+  assert ablation_report.reading(same) == "worse than paper"
 
 
 def test_variant_config_arg():
@@ -78,10 +79,10 @@ def test_variant_config_arg():
 
 
 def test_claims_format():
-  assert ablate.CLAIMS["no_lrn"].format() == "+1.4 / +1.2"
-  assert ablate.CLAIMS["no_pca"].format() == "> +1 / n/a"
-  assert ablate.CLAIMS["no_conv4"].format() == "~ +2 / n/a"
-  assert ablate.CLAIMS["no_dropout"].format() == "no number"
+  assert ablation_report.CLAIMS["no_lrn"].format() == "+1.4 / +1.2"
+  assert ablation_report.CLAIMS["no_pca"].format() == "> +1 / n/a"
+  assert ablation_report.CLAIMS["no_conv4"].format() == "~ +2 / n/a"
+  assert ablation_report.CLAIMS["no_dropout"].format() == "no number"
 
 
 def test_smoke_study_writes_outputs(smoke_study):
