@@ -290,9 +290,22 @@ def test_full_size_file_through_the_command_line(tmp_path):
   with np.load(mean_out) as f:
     np.testing.assert_array_equal(f["mean_image"],
                                   bgr_chw[::-1].transpose(1, 2, 0))
-  # And the file fits the caffe_reference model (conv1 read as BGR).
-  config = ilsvrc2012.get_config("caffe_reference").model
-  weights.import_npz(out, model_lib.param_shapes(config), "bgr")
+
+
+def test_bvlc_alexnet_shapes_are_the_caffe_reference_model():
+  """The shapes the converter demands are those the model's weights take
+  in the Caffe layout (full size; and the narrow net of these tests)."""
+  for widths, overrides in ((None, {}), (NARROW, dict(
+      num_classes=NARROW["num_classes"],
+      conv_features=tuple(c // 2 for c in NARROW["conv_features"]),
+      fc_features=tuple(f // 2 for f in NARROW["fc_features"])))):
+    config = ilsvrc2012.get_config("caffe_reference").model
+    config.update(overrides)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                         model_lib.param_shapes(config))
+    layout = weights.to_caffe_layout(zeros)
+    assert caffe.expected_shapes(**(widths or {})) == {
+        k: v.shape for k, v in layout.items()}
 
 
 @pytest.mark.parametrize("kind,needles", [

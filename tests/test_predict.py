@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 from skimage import data as skimage_data
 
+from alexnet_jax import cli
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from alexnet_jax import predict
@@ -148,15 +150,11 @@ def test_command_line_on_one_cpu_device(setup, probabilities):
         f"n0{r['top'][0]['label']:07d} class number {r['top'][0]['label']}")
 
 
-def test_command_line_names_a_file_that_is_no_image(setup, tmp_path):
-  _, _, _, _, files = setup
+def test_a_file_that_is_no_image_is_named(tmp_path):
+  """A user error (cli.UserError: one message, exit status 2)."""
   not_image = tmp_path / "notes.jpg"
   not_image.write_text("not a photo")
-  proc = run_predict(
-      f"--npz={files['npz']}", f"--mean={files['mean']}",
-      "--config=configs/ilsvrc2012.py:caffe_reference", *OVERRIDES,
-      photo_paths()[0], str(not_image))
-  assert proc.returncode == 2, proc.stderr
-  assert "Traceback" not in proc.stderr, proc.stderr
-  message = proc.stderr[proc.stderr.rfind("error: "):]
-  assert str(not_image) in message and "not an image" in message, message
+  with pytest.raises(predict.PredictError,
+                     match=re.escape(f"{not_image} is not an image")):
+    predict._check_images([photo_paths()[0], str(not_image)])  # pylint: disable=protected-access
+  assert issubclass(predict.PredictError, cli.UserError)
