@@ -158,3 +158,15 @@ def test_a_file_that_is_no_image_is_named(tmp_path):
                      match=re.escape(f"{not_image} is not an image")):
     predict._check_images([photo_paths()[0], str(not_image)])  # pylint: disable=protected-access
   assert issubclass(predict.PredictError, cli.UserError)
+
+
+def test_ilsvrc2010_names_come_from_meta_mat(mini_manual_dir):
+  """The generated mini release's devkit, read as the real one is."""
+  config = ilsvrc2012.get_config()
+  config.dataset, config.manual_dir = "ilsvrc2010_mini", mini_manual_dir
+  config.model.num_classes = 10
+  names = predict.dataset_class_names(config)
+  assert len(names) == 10 and len(set(names)) == 10
+  assert all(name.startswith("n") and " " in name for name in names), names
+  config.manual_dir = os.path.dirname(mini_manual_dir)  # No devkit there.
+  assert predict.dataset_class_names(config) is None
