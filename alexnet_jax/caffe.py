@@ -157,7 +157,7 @@ V1_LAYER_TYPES = {
     23: "TanH", 24: "WindowData", 31: "Threshold",
 }
 
-# bvlc_alexnet (Caffe's models/bvlc_alexnet/deploy.prototxt) as the
+# bvlc_alexnet's deploy network (as Caffe's model zoo describes it) as the
 # sequence of its computing layers: (name, type, settings). Layers that
 # compute nothing at inference (data, input, split, loss, accuracy,
 # softmax) may sit around them. Convolutions: (kernel, stride, pad, group);

@@ -202,7 +202,7 @@ def top_classes(probs: np.ndarray, k: int, names: Sequence[str] | None
           for r, i in enumerate(order)]
 
 
-def _check_images(paths: Sequence[str]) -> list[bytes]:
+def read_images(paths: Sequence[str]) -> list[bytes]:
   """The files' bytes; a file TensorFlow cannot decode is named."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -239,7 +239,7 @@ def main(argv: Sequence[str]) -> None:
   if not os.path.isfile(npz):
     raise cli.UserError(f"--npz={npz}: no such file.")
   mean = load_mean(FLAGS.mean)
-  images = _check_images(paths)
+  images = read_images(paths)
   if FLAGS.labels:
     names = read_labels(FLAGS.labels, config.model.num_classes)
   else:

@@ -245,7 +245,8 @@ def export_safetensors(path: str | os.PathLike[str],
                        arrays: dict[str, np.ndarray], model_config: Any,
                        input_channels: str = "rgb") -> None:
   """Writes Caffe-layout `arrays` as safetensors (`SAFETENSORS`)."""
-  from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from safetensors import numpy as st_numpy
 
   tensors, metadata = to_torch_layout(arrays, model_config, input_channels)
   st_numpy.save_file(tensors, os.fspath(path), metadata=metadata)

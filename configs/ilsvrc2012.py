@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dataset = "imagenet2012"
   c.test_split = ""
   if reference:
-    # Caffe's models/bvlc_alexnet: 227 crops (conv1 55x55 unpadded), LRN
+    # Caffe's bvlc_alexnet: 227 crops (conv1 55x55 unpadded), LRN
     # (k + alpha / n * sum)^beta with k=1 (§3.3 has k=2 and no / n), and
     # dropout that doubles the kept outputs in training, so none at test
     # time (§4.2 scales by 0.5 at test time instead).

@@ -2,7 +2,7 @@
 Caffe (alexnet_jax/caffe.py, `python -m alexnet_jax.weights convert`).
 
 The files are written here with the same schema, in the structure of
-Caffe's models/bvlc_alexnet/deploy.prototxt (layer names, types, group 2 in
+bvlc_alexnet's deploy network (layer names, types, group 2 in
 conv2, conv4 and conv5, blob shapes) and random values, in both the current
 (`layer`) and the legacy (`layers`, V1, num/channels/height/width) layout.
 Most cases use a narrower net of the same structure (fast); one runs the
@@ -135,7 +135,7 @@ def test_conversion_is_exact(tmp_path, narrow, legacy):
 
 def test_a_training_snapshot_converts(tmp_path, narrow):
   """A file saved while training holds data and loss layers too (a
-  train/test prototxt even names two layers "data")."""
+  train/test network definition even names two layers "data")."""
   shapes, arrays = narrow
   layers = ([("data", "Data", None), ("data", "Data", None)] +
             list(caffe.BVLC_ALEXNET) +

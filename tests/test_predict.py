@@ -156,7 +156,7 @@ def test_a_file_that_is_no_image_is_named(tmp_path):
   not_image.write_text("not a photo")
   with pytest.raises(predict.PredictError,
                      match=re.escape(f"{not_image} is not an image")):
-    predict._check_images([photo_paths()[0], str(not_image)])  # pylint: disable=protected-access
+    predict.read_images([photo_paths()[0], str(not_image)])
   assert issubclass(predict.PredictError, cli.UserError)
 
 
