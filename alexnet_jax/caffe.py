@@ -116,6 +116,8 @@ _SCHEMA = {
          False),
     ],
     "V1LayerParameter": [
+        # V0LayerParameter (Caffe before 2014), kept as bytes: only noticed.
+        ("layer", 1, _T.TYPE_BYTES, _OPTIONAL, None, False),
         ("bottom", 2, _T.TYPE_STRING, _REPEATED, None, False),
         ("top", 3, _T.TYPE_STRING, _REPEATED, None, False),
         ("name", 4, _T.TYPE_STRING, _OPTIONAL, None, False),
@@ -335,6 +337,11 @@ def parse_net(data: bytes, source: str) -> tuple[str, list[Layer], str]:
         f"{source} holds layers in both the current 'layer' and the legacy "
         "'layers' field; Caffe itself refuses such a file.")
   if net.layers:
+    if any(m.HasField("layer") for m in net.layers):
+      raise CaffeFormatError(
+          f"{source} holds layers in Caffe's V0 format (before 2014), which "
+          "this reader does not take; upgrade the file with Caffe's "
+          "upgrade_net_proto_binary tool.")
     return net.name, [_layer(m, True) for m in net.layers], (
         "layers (legacy V1)")
   return net.name, [_layer(m, False) for m in net.layer], "layer"

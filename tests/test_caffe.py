@@ -218,6 +218,17 @@ def test_wrong_shape_is_named(tmp_path, narrow):
     caffe.read_alexnet(path, shapes)
 
 
+def test_v0_layers_are_named(tmp_path, narrow):
+  shapes, arrays = narrow
+  net = caffe.net_parameter()
+  net.MergeFromString(net_bytes(arrays, True))
+  net.layers[1].layer = b"\x0a\x05conv1"  # V0LayerParameter name: "conv1".
+  path = tmp_path / "net.caffemodel"
+  path.write_bytes(net.SerializeToString())
+  with pytest.raises(caffe.CaffeFormatError, match="V0 format"):
+    caffe.read_alexnet(path, shapes)
+
+
 @pytest.mark.parametrize("cut", [0.5, 0.999])
 def test_truncated_file_is_named(tmp_path, narrow, cut):
   shapes, arrays = narrow
