@@ -114,9 +114,9 @@ def mini_builder(mini_manual_dir, tmp_path_factory):
 
 # =============================================================================
 # The `configs/demo.py:smoke` data set and one complete smoke run of the
-# command line, shared by test_train.py and test_user_errors.py (and every
-# other test of the training program). The helpers they use are in
-# tests/helpers.py (smoke_config, run_main, final_params).
+# command line, shared by test_train.py, test_resume.py, test_multiprocess.py,
+# test_user_errors.py and every other test of the training program. The
+# helpers they use are in tests/helpers.py (smoke_config, run_main, ...).
 # =============================================================================
 
 
@@ -138,7 +138,7 @@ def smoke_dirs(tmp_path_factory):
 def uninterrupted(smoke_dirs, tmp_path_factory):
   """A complete smoke run of the command line: (workdir, log).
 
-  A subprocess like the interrupted runs of test_train.py, so that all of
+  A subprocess like the interrupted runs of test_resume.py, so that all of
   them run the same compiled programs (the test process has 4 fake devices,
   the command 2), and their parameters can be compared exactly. Never
   change this workdir: copy it.

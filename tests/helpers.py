@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import ml_collections
 
@@ -118,3 +119,38 @@ def final_params(workdir, config, mesh_shape=(1, 2)):
   mesh = parallel.make_mesh(*mesh_shape)
   params, step = eval_lib.restore_params(workdir, config, mesh)
   return jax.device_get(params), step
+
+
+def wait_for_checkpoint(workdir, proc, log, timeout=300):
+  """Waits until the run has committed its first checkpoint."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.isdir(ckpt_dir) and any(
+        name.isdigit() and os.path.exists(
+            os.path.join(ckpt_dir, name, "commit_success.txt"))
+        for name in os.listdir(ckpt_dir)):
+      return
+    assert proc.poll() is None, read(log)
+    time.sleep(0.2)
+  raise TimeoutError("no checkpoint appeared")
+
+
+def scalars(workdir, tag):
+  """{step: value} of a TensorBoard scalar over all event files in workdir.
+
+  A resumed run writes a second event file; the later file wins.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  values = {}
+  for name in sorted(os.listdir(workdir),
+                     key=lambda n: os.path.getmtime(os.path.join(workdir, n))):
+    if not name.startswith("events.out.tfevents"):
+      continue
+    for event in tf.compat.v1.train.summary_iterator(
+        os.path.join(workdir, name)):
+      for value in event.summary.value:
+        if value.tag == tag:
+          values[event.step] = value.simple_value
+  return values

@@ -2,22 +2,18 @@
 
 All runs share one generated + prepared copy of the `configs/demo.py:smoke`
 data set and one complete run of the command line (the session fixtures
-`smoke_dirs` and `uninterrupted` in conftest.py). Runs in subprocesses are
-the real command line, for what is about the process (signals, exit codes,
-several processes); the rest call `train.train_and_evaluate` in this
-process. Subprocess output goes to files, never to undrained pipes.
+`smoke_dirs` and `uninterrupted` in conftest.py). What is about the process
+is in test_resume.py (killed, preempted) and test_multiprocess.py (several
+JAX processes); here the other command lines run as subprocesses and the
+rest calls `train.train_and_evaluate` in this process.
 """
 
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
-import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -25,7 +21,6 @@ import pytest
 from alexnet_jax import checkpoint
 from alexnet_jax import eval_lib
 from alexnet_jax import figures
-from alexnet_jax import input_pipeline
 from alexnet_jax import train
 from alexnet_jax import weights
 from tests import helpers
@@ -34,41 +29,7 @@ from tests import helpers
 smoke_config = helpers.smoke_config
 final_params = helpers.final_params
 run_main = helpers.run_main
-
-
-def wait_for_checkpoint(workdir, proc, log, timeout=300):
-  """Waits until the run has committed its first checkpoint."""
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if os.path.isdir(ckpt_dir) and any(
-        name.isdigit() and os.path.exists(
-            os.path.join(ckpt_dir, name, "commit_success.txt"))
-        for name in os.listdir(ckpt_dir)):
-      return
-    assert proc.poll() is None, helpers.read(log)
-    time.sleep(0.2)
-  raise TimeoutError("no checkpoint appeared")
-
-
-def scalars(workdir, tag):
-  """{step: value} of a TensorBoard scalar over all event files in workdir.
-
-  A resumed run writes a second event file; the later file wins.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  values = {}
-  for name in sorted(os.listdir(workdir),
-                     key=lambda n: os.path.getmtime(os.path.join(workdir, n))):
-    if not name.startswith("events.out.tfevents"):
-      continue
-    for event in tf.compat.v1.train.summary_iterator(
-        os.path.join(workdir, name)):
-      for value in event.summary.value:
-        if value.tag == tag:
-          values[event.step] = value.simple_value
-  return values
+scalars = helpers.scalars
 
 
 def test_results_json_table_and_pictures(uninterrupted):
@@ -142,70 +103,6 @@ def test_steps_schedule_rates_in_a_real_run(uninterrupted):
       {2: 0.02, 4: 0.02, 6: 0.002, 8: 0.002, 10: 0.002})
 
 
-def test_killed_and_resumed_equals_uninterrupted(smoke_dirs, uninterrupted,
-                                                 tmp_path):
-  """SIGKILL after the first checkpoint, rerun: resumes, same parameters."""
-  workdir = str(tmp_path / "killed")
-  log = str(tmp_path / "killed.log")
-  proc = helpers.start_main(smoke_dirs, workdir, log=log)
-  try:
-    wait_for_checkpoint(workdir, proc, log)
-  finally:
-    proc.kill()  # SIGKILL: no chance to save anything more.
-    proc.wait()
-  killed_at = checkpoint.Checkpointer(workdir).latest_step()
-  assert killed_at is not None and 0 < killed_at < 10
-  out = run_main(smoke_dirs, workdir).stdout  # The same command resumes.
-  # ... from the killed step, not from step 0 (the smoke run is
-  # deterministic: a restart would end with the same bits).
-  assert f"resumed from step {killed_at} in " in out, out
-  assert f"training steps {killed_at}..10 " in out, out
-  config = smoke_config(smoke_dirs)
-  resumed, step = final_params(workdir, config)
-  expected, expected_step = final_params(uninterrupted[0], config)
-  assert step == expected_step == 10
-  # Bit-identical: same data, dropout masks, momentum and schedule.
-  jax.tree.map(np.testing.assert_array_equal, resumed, expected)
-  # The rates after the resume follow the schedule too.
-  rates = scalars(workdir, "train/learning_rate")
-  want = scalars(uninterrupted[0], "train/learning_rate")
-  assert {s: v for s, v in rates.items() if s > killed_at} == pytest.approx(
-      {s: v for s, v in want.items() if s > killed_at})
-
-
-def test_sigterm_saves_and_restores_on_another_mesh_and_ensembles(
-    smoke_dirs, uninterrupted, tmp_path):
-  workdir = str(tmp_path / "sigterm")
-  log = str(tmp_path / "sigterm.log")
-  proc = helpers.start_main(smoke_dirs, workdir, "--config.num_epochs=200",
-                            log=log)
-  try:
-    wait_for_checkpoint(workdir, proc, log)
-    proc.send_signal(signal.SIGTERM)  # To the child, never to pytest.
-    proc.wait(timeout=120)
-  finally:
-    proc.kill()
-  out = helpers.read(log)
-  assert proc.returncode == 0, out
-  assert "stopped by a signal" in out
-  stopped_at = checkpoint.Checkpointer(workdir).latest_step()
-  assert 4 <= stopped_at < 1000
-  assert f"saved step {stopped_at};" in out
-  # Trained on 2 devices (model=2), evaluated on 1 device holding both
-  # towers; an ensemble with the uninterrupted run.
-  output = tmp_path / "eval.json"
-  proc = subprocess.run(
-      [sys.executable, "-m", "alexnet_jax.evaluate",
-       f"--workdir={uninterrupted[0]}", f"--workdir={workdir}",
-       "--mesh_data=1", "--mesh_model=1", "--crops=center,ten",
-       f"--output={output}"],
-      cwd=helpers.REPO_ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stdout + proc.stderr
-  results = json.loads(output.read_text())["results"]["validation"]
-  assert results["center"]["count"] == results["ten"]["count"] == 30
-  assert "ten" in proc.stdout
-
-
 def _plateau_config(smoke_dirs, num_epochs):
   """A rule that always sees a plateau: a drop at epoch 2, the stop at 4."""
   config = smoke_config(smoke_dirs, num_epochs=num_epochs, log_every_steps=1)
@@ -268,63 +165,6 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
   assert checkpoint.Checkpointer(workdir).latest_step() == 5
 
 
-def _wait_all(procs, logs, timeout=600):
-  """Waits for every process; checks rc 0; returns their outputs."""
-  deadline = time.time() + timeout
-  try:
-    for p in procs:
-      p.wait(timeout=max(1.0, deadline - time.time()))
-  finally:
-    for p in procs:
-      p.kill()
-  outputs = [helpers.read(log) for log in logs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out
-  return outputs
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _start_two_processes(smoke_dirs, workdir, tmp_path, *flags):
-  """The smoke run as two JAX processes on loopback, one CPU device each:
-  (processes, their log files)."""
-  port = _free_port()
-  logs = [str(tmp_path / f"process{i}.log") for i in range(2)]
-  procs = [helpers.start_main(smoke_dirs, workdir, "--config.cpu_devices=1",
-                              f"--coordinator_address=127.0.0.1:{port}",
-                              "--num_processes=2", f"--process_id={i}",
-                              *flags, log=logs[i])
-           for i in range(2)]
-  return procs, logs
-
-
-def test_two_processes_on_loopback_match_one_process(smoke_dirs,
-                                                     uninterrupted,
-                                                     tmp_path):
-  """Two JAX processes, one CPU device each, form the 2-tower mesh.
-
-  Real multi-process JAX (jax.distributed over loopback, gloo collectives):
-  each process holds one tower; both read the same batches (they hold the
-  same data row). The result matches the single-process run.
-  """
-  workdir = str(tmp_path / "two_processes")
-  outputs = _wait_all(*_start_two_processes(smoke_dirs, workdir, tmp_path))
-  assert "process 0 of 2" in outputs[0] and "process 1 of 2" in outputs[1]
-  config = smoke_config(smoke_dirs)
-  got, step = final_params(workdir, config)
-  expected, _ = final_params(uninterrupted[0], config)
-  assert step == 10
-  # Other compiled programs (cross-process collectives): equal up to float
-  # rounding, far below what one different batch or mask would change.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
-                                                       atol=1e-6),
-               got, expected)
-
-
 def test_evaluate_imported_npz_equals_its_checkpoint(smoke_dirs,
                                                      uninterrupted,
                                                      tmp_path):
@@ -349,56 +189,3 @@ def test_evaluate_imported_npz_equals_its_checkpoint(smoke_dirs,
   assert got["top1_error"] == want["top1_error"]
   assert got["top5_error"] == want["top5_error"]
   np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
-
-
-def test_two_processes_reading_different_data_match_one_process(
-    smoke_dirs, tmp_path, monkeypatch):
-  """mesh.data=2 over two processes: each reads its half of every batch.
-
-  Each process reads its own part of the training split (TFDS's
-  per-process split) and its half of every evaluation batch. The reference
-  runs here, in one process on the same 2 x 1 mesh, with global batches
-  made of what process 0 and process 1 read: the two-process run must
-  train on exactly those. Had both processes read the same examples (or
-  overlapping halves), every step would differ; its evaluations must equal
-  the one-process evaluation of all images.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  flags = ("--config.mesh.data=2", "--config.mesh.model=1")
-  workdir = str(tmp_path / "two_processes")
-  procs, logs = _start_two_processes(smoke_dirs, workdir, tmp_path, *flags)
-  make_train_dataset = input_pipeline.make_train_dataset
-
-  def two_processes_data(builder, **kwargs):
-    assert kwargs["process_count"] == 1  # This one process reads it all.
-    parts = [make_train_dataset(builder, **dict(kwargs, process_index=i,
-                                                process_count=2))
-             for i in range(2)]
-    return tf.data.Dataset.zip(tuple(parts)).map(
-        lambda a, b: {k: tf.concat([a[k], b[k]], 0) for k in a})
-
-  monkeypatch.setattr(input_pipeline, "make_train_dataset",
-                      two_processes_data)
-  one_workdir = str(tmp_path / "one_process")
-  config = smoke_config(smoke_dirs)
-  config.mesh.update(data=2, model=1)
-  one = train.train_and_evaluate(config, one_workdir)
-  outputs = _wait_all(procs, logs)
-  assert "process 1 of 2" in outputs[1]
-  got, step = final_params(workdir, config)
-  expected, _ = final_params(one_workdir, config)
-  assert step == one["step"] == 10
-  # Other compiled programs (cross-process collectives): equal up to float
-  # rounding, far below what one different example would change.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
-                                                       atol=1e-6),
-               got, expected)
-  with open(os.path.join(workdir, "results.json")) as f:
-    two = json.load(f)
-  for split in ("validation", "test"):
-    for crops in ("center", "ten"):
-      a, b = two["evaluations"][split][crops], one["evaluations"][split][crops]
-      assert a["count"] == b["count"] == 30
-      assert a["top1_error"] == b["top1_error"]
-      np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
