@@ -7,9 +7,9 @@ r"""Classifies photos: `python -m alexnet_jax.predict`.
 
 Each photo goes through the paper's test-time preprocessing, with the
 evaluation pipeline's own code (input_pipeline.eval_dataset_from_records):
-shorter side rescaled to 256 and the central 256x256 kept (§2), minus the
-mean image, then the center crop or the 10 patches (§4.1) of
-`model.image_size`, whose softmax outputs are averaged. It prints the top
+shorter side rescaled to 256 and the central 256x256 kept (§2; the side
+is the mean image's, 256 in the paper), minus the mean image, then the
+center crop or the 10 patches (§4.1) of `model.image_size`, whose softmax outputs are averaged. It prints the top
 classes with their probabilities, by name where the class list has names:
 `--labels` (one class per line, e.g. Caffe's synset_words.txt: "n01440764
 tench, Tinca tinca"), else the data set's own list (ILSVRC-2010: meta.mat's
@@ -19,7 +19,8 @@ else class numbers. `--json` prints one JSON object instead.
 `--mean` is an .npz holding `mean_image` [256, 256, 3] (RGB, 0-255): the
 file `python -m alexnet_jax.weights convert --mean=...` writes from Caffe's
 imagenet_mean.binaryproto, or the input statistics the training program
-cached in the data directory (input_stats_*.npz) for weights trained here.
+cached in the data directory (input_stats_*.npz) for weights trained here
+(configs/demo.py prepares 72x72 images: its mean is [72, 72, 3]).
 Any mesh of this machine's devices works (`--mesh_data`, `--mesh_model`),
 one CPU device included; the result does not depend on it.
 """
@@ -59,7 +60,8 @@ def _define_flags() -> None:
   flags.DEFINE_enum("input_channels", "rgb", ["rgb", "bgr"],
                     "Channel order the --npz conv1 expects.")
   flags.DEFINE_string(
-      "mean", None, ".npz with mean_image [256, 256, 3], RGB, 0-255.")
+      "mean", None, ".npz with mean_image [256, 256, 3] (the prepared "
+      "image side; 256 in the paper), RGB, 0-255.")
   flags.DEFINE_enum("crops", "center", ["center", "ten"],
                     "center crop, or the paper's 10 patches.")
   flags.DEFINE_integer("top", 5, "How many classes to print.")
@@ -70,16 +72,16 @@ def _define_flags() -> None:
   flags.DEFINE_integer("mesh_model", 1, "Model axis of the mesh.")
 
 
-# The side of the prepared image the crops are taken from (§2).
-PREPARED_SIZE = 256
-
-
 class PredictError(cli.UserError):
   """A photo, mean or class list that cannot be used; names it."""
 
 
-def load_mean(path: str) -> np.ndarray:
-  """The `mean_image` [256, 256, 3] of an .npz (module docstring)."""
+def load_mean(path: str, crop_size: int) -> np.ndarray:
+  """The `mean_image` [s, s, 3] of an .npz (module docstring).
+
+  s is the side of the prepared image (256 in the paper, §2), at least the
+  crop size.
+  """
   try:
     with np.load(path) as f:
       if "mean_image" not in f.files:
@@ -91,9 +93,12 @@ def load_mean(path: str) -> np.ndarray:
   except (OSError, ValueError, zipfile.BadZipFile) as e:
     raise PredictError(f"--mean={path} is not a readable .npz ({e})."
                        ) from None
-  if mean.shape != (PREPARED_SIZE, PREPARED_SIZE, 3):
-    raise PredictError(f"--mean={path}: mean_image has shape {mean.shape}, "
-                       f"not ({PREPARED_SIZE}, {PREPARED_SIZE}, 3).")
+  if (mean.ndim != 3 or mean.shape[0] != mean.shape[1] or
+      mean.shape[2] != 3 or mean.shape[0] < crop_size):
+    raise PredictError(
+        f"--mean={path}: mean_image has shape {mean.shape}; it must be "
+        f"[s, s, 3], s at least the crop size {crop_size} (256 in the "
+        "paper).")
   return mean
 
 
@@ -149,8 +154,9 @@ def predict_images(config: ml_collections.ConfigDict, params: Any,
                    per_shard: int = 8) -> np.ndarray:
   """Class probabilities [N, num_classes] of encoded images (any format).
 
-  The preprocessing is the evaluation pipeline's: shorter side 256, central
-  256x256, minus `mean_image`, then the center crop or the 10 patches of
+  The preprocessing is the evaluation pipeline's: shorter side s, central
+  s x s, minus `mean_image` [s, s, 3] (s = 256 in the paper), then the
+  center crop or the 10 patches of
   `config.model.image_size`, softmax averaged over the crops.
 
   Args:
@@ -158,7 +164,7 @@ def predict_images(config: ml_collections.ConfigDict, params: Any,
     params: the model's parameters, placed for `mesh`.
     mesh: the device mesh (one process).
     images: the encoded images (JPEG, PNG, GIF, BMP).
-    mean_image: [256, 256, 3] RGB, 0-255.
+    mean_image: [s, s, 3] RGB, 0-255.
     crops: "center" or "ten".
     per_shard: examples per data shard and batch.
   """
@@ -238,7 +244,7 @@ def main(argv: Sequence[str]) -> None:
     raise cli.UserError(f"--top={FLAGS.top} must be at least 1.")
   if not os.path.isfile(npz):
     raise cli.UserError(f"--npz={npz}: no such file.")
-  mean = load_mean(FLAGS.mean)
+  mean = load_mean(FLAGS.mean, config.model.image_size)
   images = read_images(paths)
   if FLAGS.labels:
     names = read_labels(FLAGS.labels, config.model.num_classes)

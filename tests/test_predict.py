@@ -170,3 +170,22 @@ def test_ilsvrc2010_names_come_from_meta_mat(mini_manual_dir):
   assert all(name.startswith("n") and " " in name for name in names), names
   config.manual_dir = os.path.dirname(mini_manual_dir)  # No devkit there.
   assert predict.dataset_class_names(config) is None
+
+
+def test_prepared_side_is_the_mean_images(tmp_path):
+  """configs/demo.py's models read 72x72 prepared images (64 crops): the
+  photos are rescaled to the mean image's side."""
+  config = small_config()
+  config.model.image_size = 64
+  params = jax.device_get(model_lib.init_params(config.model,
+                                                jax.random.key(1)))
+  mean_path = tmp_path / "mean.npz"
+  np.savez(mean_path, mean_image=np.full((72, 72, 3), 120, np.float32))
+  mean = predict.load_mean(str(mean_path), 64)
+  probs = predict.predict_images(config, params, parallel.make_mesh(1, 1),
+                                 predict.read_images(photo_paths()[:1]),
+                                 mean, "ten")
+  assert probs.shape == (1, 10)
+  np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-5)
+  with pytest.raises(predict.PredictError, match=r"crop size 227"):
+    predict.load_mean(str(mean_path), 227)
