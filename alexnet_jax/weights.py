@@ -25,12 +25,16 @@ Command line:
       --mean_out=imagenet_mean.npz]
   python -m alexnet_jax.weights export --npz=W.npz --config=CONFIG \
       [--input_channels=bgr] --out=W.safetensors
+  python -m alexnet_jax.weights export --workdir=WORKDIR \
+      --out=W.safetensors|W.npz
 
 `convert` reads Caffe's files (caffe.py) and writes the .npz (conv1 stays
 BGR, as Caffe stores it) and the mean image as an .npz holding `mean_image`
 [256, 256, 3] (RGB, 0-255), the array the input pipeline subtracts.
 `export` writes safetensors for a PyTorch two-tower AlexNet (`SAFETENSORS`
-below describes the layout).
+below describes the layout) from an .npz and its config, or from a
+training workdir's latest checkpoint (with the config saved in it); with
+`--workdir`, an --out ending in .npz writes the Caffe-layout .npz instead.
 """
 
 from __future__ import annotations
@@ -265,6 +269,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("mean_out", None,
                       "convert: where the mean image .npz goes.")
   flags.DEFINE_string("npz", None, "export: weights in the Caffe layout.")
+  flags.DEFINE_string("workdir", None,
+                      "export: a training workdir (its latest checkpoint).")
   flags.DEFINE_enum("input_channels", "rgb", ["rgb", "bgr"],
                     "export: conv1's input order in --npz (bgr: Caffe's).")
   config_flags.DEFINE_config_file(
@@ -294,21 +300,47 @@ def _convert(values: dict[str, Any]) -> None:
           f"means {[round(float(v), 2) for v in mean.mean(axis=(0, 1))]})")
 
 
+def _restore_workdir(workdir: str) -> tuple[Any, Any]:
+  """(config, host parameters) of a workdir's latest checkpoint."""
+  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import eval_lib
+  from alexnet_jax import parallel
+  # pylint: enable=g-import-not-at-top
+
+  config = eval_lib.load_workdir_config(workdir)
+  # One device holds both towers: any mesh restores any checkpoint.
+  mesh = parallel.make_mesh(1, 1, num_towers=config.model.num_towers)
+  params, step = eval_lib.restore_params(workdir, config, mesh)
+  print(f"{workdir}: restored step {step}")
+  return config, jax.device_get(params)
+
+
 def _export(values: dict[str, Any], config: Any) -> None:
   from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
 
-  if not values["npz"] or not values["out"] or config is None:
-    raise cli.UserError("export needs --npz, --config and --out.")
-  shapes = model_lib.param_shapes(config.model)
-  try:
-    params = import_npz(values["npz"], shapes, values["input_channels"])
-  except WeightsError as e:
-    raise cli.UserError(f"--npz={values['npz']}: {e}") from None
-  except (OSError, ValueError) as e:
-    raise cli.UserError(
-        f"--npz={values['npz']} is not a readable .npz file ({e}).") from None
-  export_safetensors(values["out"], to_caffe_layout(params), config.model)
-  print(f"wrote {values['out']} (safetensors, conv1 input channels RGB)")
+  out, workdir = values["out"], values["workdir"]
+  if not out or bool(values["npz"]) == bool(workdir) or (
+      values["npz"] and config is None):
+    raise cli.UserError("export needs --out and either --npz with --config, "
+                        "or --workdir.")
+  if workdir:
+    config, params = _restore_workdir(workdir)
+    if out.endswith(".npz"):
+      export_npz(out, params)
+      print(f"wrote {out} (Caffe layout, conv1 input channels RGB)")
+      return
+  else:
+    shapes = model_lib.param_shapes(config.model)
+    try:
+      params = import_npz(values["npz"], shapes, values["input_channels"])
+    except WeightsError as e:
+      raise cli.UserError(f"--npz={values['npz']}: {e}") from None
+    except (OSError, ValueError) as e:
+      raise cli.UserError(
+          f"--npz={values['npz']} is not a readable .npz file ({e})."
+      ) from None
+  export_safetensors(out, to_caffe_layout(params), config.model)
+  print(f"wrote {out} (safetensors, conv1 input channels RGB)")
 
 
 def main(argv: list[str]) -> None:
@@ -321,7 +353,8 @@ def main(argv: list[str]) -> None:
         f"give one command, {' or '.join(commands)}; got {argv[1:]}. See "
         "`python -m alexnet_jax.weights --help`.")
   values = {name: flags.FLAGS[name].value for name in (
-      "caffemodel", "mean", "mean_out", "npz", "input_channels", "out")}
+      "caffemodel", "mean", "mean_out", "npz", "workdir", "input_channels",
+      "out")}
   if argv[1] == "convert":
     _convert(values)
   else:

@@ -172,3 +172,40 @@ def test_export_command_line(tmp_path):
   assert sorted(got) == sorted(expected)
   for key, value in expected.items():
     np.testing.assert_array_equal(got[key], value, key)
+
+
+def test_export_of_a_training_workdir(tmp_path):
+  """Weights trained here leave through the command line: a workdir's
+  latest checkpoint (trained on a 1x2 mesh) to safetensors and to .npz."""
+  # pylint: disable=g-import-not-at-top
+  from alexnet_jax import checkpoint
+  from alexnet_jax import parallel
+  from alexnet_jax import steps
+  # pylint: enable=g-import-not-at-top
+
+  config = helpers.tiny_config(init_scale_to_width=True)
+  state, _ = steps.create_train_state(config, jax.random.key(5),
+                                      parallel.make_mesh(1, 2))
+  workdir = tmp_path / "workdir"
+  with checkpoint.Checkpointer(workdir) as ckpt:
+    assert ckpt.save(12, state, force=True)
+  (workdir / "config.json").write_text(config.to_json_best_effort())
+  params = jax.device_get(state.params)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # One CPU device.
+  for out in (tmp_path / "w.safetensors", tmp_path / "w.npz"):
+    proc = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.weights", "export",
+         f"--workdir={workdir}", f"--out={out}"], cwd=helpers.REPO_ROOT,
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "restored step 12" in proc.stdout
+  expected, _ = weights.to_torch_layout(weights.to_caffe_layout(params),
+                                        config.model)
+  got = st_numpy.load_file(str(tmp_path / "w.safetensors"))
+  assert sorted(got) == sorted(expected)
+  for key, value in expected.items():
+    np.testing.assert_array_equal(got[key], value, key)
+  jax.tree.map(np.testing.assert_array_equal,
+               weights.import_npz(tmp_path / "w.npz", params), params)
