@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from benchmarks import report as report_lib
 from benchmarks import train_step
 from tests import helpers
 
@@ -51,7 +52,7 @@ def test_report_is_complete_json(report):
     assert unpadded <= xla <= 1.1 * unpadded, (xla, unpadded)
     assert r["memory"]["peak_device_bytes"] is None  # CPU: not reported.
     assert r["memory"]["compiled_bytes_per_device"] > 0
-  table = train_step.format_report(report)
+  table = report_lib.format_report(report)
   assert "1x2" in table and "2,792,516" in table
 
 
@@ -108,10 +109,10 @@ def test_best_batch_skips_batches_that_did_not_fit():
            error="out of device memory"),
       dict(mesh="1x2", dtype="bfloat16", batch_size=128, images_per_s=5.0),
   ]
-  assert train_step.best_batches(results) == [dict(
+  assert report_lib.best_batches(results) == [dict(
       mesh="1x1", dtype="bfloat16", batch_size=512, images_per_s=30.0,
       batch_sizes=[128, 512])]
-  assert "out of device memory" in train_step.format_row(results[2])
+  assert "out of device memory" in report_lib.format_row(results[2])
 
 
 def test_bad_batch_size_flag_is_a_usage_error():
@@ -132,7 +133,7 @@ def test_interleaved_cases_run_the_same_steps(report):
   apart = {r["mesh"]: r for r in report["results"] if r["batch_size"] == 4}
   assert [r["mesh"] for r in interleaved["results"]] == ["1x1", "1x2"]
   assert interleaved["results"][0]["speed_vs_first_case"] == 1.0
-  assert "speed relative to 1x1 float32" in train_step.format_report(
+  assert "speed relative to 1x1 float32" in report_lib.format_report(
       interleaved)
   for r in interleaved["results"]:
     assert len(r["step_s"]) == 2 and r["images_per_s"] > 0
