@@ -68,14 +68,17 @@ def _op_category(line: str, body: str, num_devices: int,
   layer = re.search(r"AlexNet/(conv\d|fc\d)/", op_name)
   layer = layer.group(1) if layer else None
   text = line + body
-  if "convolution(" in text:
+  # On GPUs XLA calls cuDNN and cuBLAS (custom calls) for convolutions and
+  # matmuls. Not yet run on a GPU: check_names stops the profile if these
+  # names do not match what XLA prints there.
+  if "convolution(" in text or "__cudnn$conv" in text:
     if layer:
       return f"conv {layer} {phase}"
     dims = re.match(r"\s*\S+ = [a-z\d]+\[([\d,]+)\]", line)
     dims = tuple(sorted(int(d) for d in dims.group(1).split(","))
                  ) if dims else ()
     return f"conv {(kernels or {}).get(dims, '?')} weight gradient"
-  if " dot(" in text:
+  if " dot(" in text or "__cublas" in text:
     return f"matmul {layer} {phase}" if layer else "matmul (other)"
   if "_lrn" in op_name:
     return f"LRN {phase}"

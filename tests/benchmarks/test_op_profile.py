@@ -81,3 +81,17 @@ def test_a_model_without_conv4_or_lrn_is_named():
   assert "conv4" not in layers
   op_profile.check_names(op_profile.op_groups(text, 2, kernels), layers,
                          lrn=False)
+
+
+def test_gpu_library_calls_are_convolutions_and_matmuls():
+  """cuDNN convolutions and cuBLAS matmuls (custom calls on GPUs)."""
+  meta = 'metadata={op_name="jit(train_step)/jvp()/shard_map/AlexNet/%s"}'
+  conv = ('  %c = (f32[4,55,55,48]{3,2,1,0}, u8[0]{0}) custom-call(%x, %k), '
+          'custom_call_target="__cudnn$convForward", ' +
+          meta % "conv1/conv_general_dilated")
+  gemm = ('  %g = (f32[4,16]{1,0}, s8[0]{0}) custom-call(%x, %k), '
+          'custom_call_target="__cublas$gemm", ' +
+          meta % "fc6/bti,tio->bo/dot_general")
+  text = f"HloModule m\n\nENTRY %main {{\n{conv}\n{gemm}\n}}\n"
+  assert op_profile.op_groups(text, 1) == {"c": "conv conv1 fwd",
+                                           "g": "matmul fc6 fwd"}
