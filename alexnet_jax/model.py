@@ -72,8 +72,15 @@ def default_config() -> ml_collections.ConfigDict:
   # (docs/paper.md "LRN");
   # Caffe's reference AlexNet also uses k=1.
   # enabled=False removes both LRN layers (the §3.3 comparison).
+  # across_towers=False: the sum runs over the maps of the layer's own tower
+  # (§3.3 with the towers of §3.5: a GPU normalizes the maps it holds).
+  # True: over all the layer's maps, both towers, as Caffe's bvlc_alexnet
+  # (its LRN layer has no groups); the n // 2 maps nearest the tower
+  # boundary then see maps of the other tower, sent between the devices
+  # that hold the towers (parallel.neighbour_channels; docs/paper.md "LRN").
   c.lrn = ml_collections.ConfigDict(dict(
-      enabled=True, convention="paper", k=2.0, n=5, alpha=1e-4, beta=0.75))
+      enabled=True, convention="paper", k=2.0, n=5, alpha=1e-4, beta=0.75,
+      across_towers=False))
   # Overlapping pooling (§3.4): window 3, stride 2; 2/2 is the ablation.
   c.pool_window = 3
   c.pool_stride = 2
@@ -203,21 +210,40 @@ def layer_init(config: ml_collections.ConfigDict
 
 
 def local_response_norm(x: Array, towers: int, *, convention: str, k: float,
-                        n: int, alpha: float, beta: float) -> Array:
+                        n: int, alpha: float, beta: float,
+                        across_towers: bool = False,
+                        axis_name: str | None = None) -> Array:
   """LRN across channels, within each tower (§3.3), computed in float32.
 
   b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta
   where N is a tower's channel count. convention="caffe" uses alpha / n
   (docs/paper.md "LRN").
+
+  `across_towers=True` (Caffe's bvlc_alexnet): N is the layer's channel
+  count, all towers together; `x` holds this device's `towers` towers, and
+  the channels next to them come from the devices along `axis_name`
+  (parallel.neighbour_channels; none when one device holds every tower).
   """
   if convention not in ("paper", "caffe"):
     raise ValueError(f"lrn.convention={convention!r}: 'paper' or 'caffe'.")
   scale = alpha / n if convention == "caffe" else alpha
   dtype = x.dtype
+  half = n // 2
+  if across_towers:
+    # The neighbours' maps travel in the compute dtype, before the cast.
+    before, after = parallel.neighbour_channels(x, axis_name, half,
+                                                n - 1 - half)
+    x = x.astype(jnp.float32)
+    padded = jnp.concatenate(
+        [before.astype(jnp.float32), x, after.astype(jnp.float32)], axis=-1)
+    sq_sum = jax.lax.reduce_window(
+        jnp.square(padded), 0.0, jax.lax.add,
+        window_dimensions=(1,) * (x.ndim - 1) + (n,),
+        window_strides=(1,) * x.ndim, padding="VALID")
+    return (x * jnp.power(k + scale * sq_sum, -beta)).astype(dtype)
   x = x.astype(jnp.float32)
   *lead, channels = x.shape
   x_T = x.reshape(*lead, towers, channels // towers)
-  half = n // 2
   # Zero padding at each tower's channel edges makes the window sum run over
   # max(0, i - n/2) .. min(N - 1, i + n/2), as in the paper's formula (§3.3).
   sq_sum = jax.lax.reduce_window(
@@ -310,7 +336,8 @@ class AlexNet(nn.Module):
   restates none), `towers_local` and the mesh axis names come from the mesh.
   Without a mesh, `towers_local == config.num_towers` and the axes are None:
   one device computes every tower. Inside shard_map (see `parallel`), the
-  module communicates only at conv3, fc6, fc7 and fc8.
+  module communicates only at conv3, fc6, fc7 and fc8 (and at norm1 and
+  norm2 with `lrn.across_towers`, Caffe's LRN).
 
   Call with images [B, S, S, 3] (S = image_size), returns float32 logits
   [B, num_classes]. `train=True` draws dropout masks and needs a 'dropout'
@@ -331,7 +358,8 @@ class AlexNet(nn.Module):
       return x
     return local_response_norm(
         x, self.towers_local, convention=lrn.convention, k=lrn.k, n=lrn.n,
-        alpha=lrn.alpha, beta=lrn.beta)
+        alpha=lrn.alpha, beta=lrn.beta, across_towers=lrn.across_towers,
+        axis_name=self.model_axis)
 
   def _pool(self, x: Array) -> Array:
     w, s = self.config.pool_window, self.config.pool_stride
@@ -473,6 +501,11 @@ def settings(config: ml_collections.ConfigDict
       complete[name] = value
   if "enabled" not in complete.lrn:
     complete.lrn.enabled = True
+  if "across_towers" not in complete.lrn:
+    complete.lrn.across_towers = False
+  if not isinstance(complete.lrn.across_towers, bool):
+    raise ValueError(f"model.lrn.across_towers="
+                     f"{complete.lrn.across_towers!r}: True or False.")
   if complete.activation not in ACTIVATIONS:
     raise ValueError(f"model.activation={complete.activation!r}: one of "
                      f"{list(ACTIVATIONS)}.")

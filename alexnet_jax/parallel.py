@@ -29,7 +29,14 @@ an all-reduce of S bytes sends S):
   fc8    all-reduce partial logits        4,000   all-gather fc7 + all-   10,192
          (1000)                                   gather logits (2048+500)
 
-Total 106,912 bytes per image per device in the forward pass. The backward
+Total 106,912 bytes per image per device in the forward pass.
+
+With `model.lrn.across_towers` (Caffe's bvlc_alexnet, whose LRN spans both
+towers; the paper normalizes within each, §3.3) norm1 and norm2 also need
+the n // 2 = 2 maps of the neighbouring tower nearest the tower boundary:
+each device sends 2 maps (`neighbour_channels`, a collective-permute), 55 x
+55 x 2 = 24,200 bytes at norm1 and 27 x 27 x 2 = 5,832 at norm2, 30,032 in
+all (an all-gather of the whole layer would send 580,800 + 373,248). The backward
 pass moves 102,912: the transpose of an all-gather is a reduce-scatter of the
 same size and vice versa, and fc8's sum needs none (its gradient, like the
 logits, is already whole on both devices). Measured from the compiled
@@ -275,3 +282,34 @@ def sum_towers(x: jax.Array, axis_name: str | None) -> jax.Array:
   if axis_name is None:
     return x
   return jax.lax.psum(x, axis_name)
+
+
+def neighbour_channels(x: jax.Array, axis_name: str | None, before: int,
+                       after: int) -> tuple[jax.Array, jax.Array]:
+  """The channels next to this device's block in the whole channel axis.
+
+  Returns (the last `before` channels of the previous device along
+  `axis_name`, the first `after` channels of the next device); zeros where
+  there is no such device (the ends of the channel axis), and zeros for
+  both outside shard_map, where the device holds every channel. Used by
+  LRN across towers (Caffe's, `model.lrn.across_towers`): each device sends
+  `before` channels to its successor and `after` to its predecessor, two
+  collective-permutes (2 + 2 maps with n = 5; bytes in the module
+  docstring).
+  """
+  shape = x.shape[:-1]
+  if axis_name is None:
+    return (jax.numpy.zeros(shape + (before,), x.dtype),
+            jax.numpy.zeros(shape + (after,), x.dtype))
+  size = jax.lax.axis_size(axis_name)
+
+  def send(part, pairs):
+    if not part.shape[-1]:
+      return part
+    # A device that receives nothing gets zeros (device 0 from its
+    # predecessor, the last device from its successor).
+    return jax.lax.ppermute(part, axis_name, pairs)
+
+  return (send(x[..., x.shape[-1] - before:],
+               [(i, i + 1) for i in range(size - 1)]),
+          send(x[..., :after], [(i + 1, i) for i in range(size - 1)]))

@@ -185,7 +185,8 @@ blocks, tower 0 first, as here. The metadata ("alexnet_jax.*" keys) holds
 the rest of the network: input (RGB, 0-255 scale, minus the mean image),
 image size and conv1's bottom/right zero padding, strides and pads, LRN in
 torch.nn.LocalResponseNorm's convention (alpha divided by size) applied
-within each tower, pooling, activation. Test-time dropout is folded in:
+within each tower or over all channels (`model.lrn.across_towers`),
+pooling, activation. Test-time dropout is folded in:
 with the paper's rule (multiply by 1 - rate at test time, §4.2)
 fc7.weight and fc8.weight are multiplied by 1 - rate, so nn.Dropout
 (identity in eval mode) computes the same function.
@@ -218,6 +219,9 @@ def to_torch_layout(arrays: dict[str, np.ndarray],
   # torch.nn.LocalResponseNorm divides alpha by size, like Caffe.
   alpha = lrn.alpha if lrn.convention == "caffe" else lrn.alpha * size
   towers = model_config.num_towers
+  lrn_span = ("over all channels of the layer (all towers)"
+              if lrn.get("across_towers", False) else
+              f"within each of the {towers} towers")
   metadata = {
       "format": "pt",
       "alexnet_jax.layout": "two-tower AlexNet (Krizhevsky et al. 2012)",
@@ -231,8 +235,8 @@ def to_torch_layout(arrays: dict[str, np.ndarray],
       "alexnet_jax.activation": model_config.get("activation", "relu"),
       "alexnet_jax.lrn": (
           "none" if not lrn.get("enabled", True) else
-          f"after the activation of conv1 and conv2, within each of the "
-          f"{towers} towers: torch.nn.LocalResponseNorm(size={size}, "
+          f"after the activation of conv1 and conv2, {lrn_span}: "
+          f"torch.nn.LocalResponseNorm(size={size}, "
           f"alpha={alpha!r}, beta={lrn.beta!r}, k={lrn.k!r})"),
       "alexnet_jax.pool": (f"max, window {model_config.pool_window}, stride "
                            f"{model_config.pool_stride}, after norm1, "

@@ -19,7 +19,8 @@ Config arguments: those of configs/ilsvrc2010.py, and
 
   caffe_reference  the network of Caffe's trained `bvlc_alexnet`, to
       evaluate its weights (README "Caffe's trained AlexNet"): 227x227
-      crops, Caffe's LRN (alpha / n, k=1), inverted dropout (Caffe's), and
+      crops, Caffe's LRN (alpha / n, k=1, over both towers' maps),
+      inverted dropout (Caffe's), and
       Caffe's init for training it from scratch. Commands:
 
         python -m alexnet_jax.weights convert \
@@ -56,10 +57,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Caffe's bvlc_alexnet: 227 crops (conv1 55x55 unpadded), LRN
     # (k + alpha / n * sum)^beta with k=1 (§3.3 has k=2 and no / n), and
     # dropout that doubles the kept outputs in training, so none at test
-    # time (§4.2 scales by 0.5 at test time instead).
+    # time (§4.2 scales by 0.5 at test time instead). Caffe's LRN layer
+    # has no groups: it normalizes over both towers' maps, where the
+    # paper's towers normalize their own (§3.3, §3.5; docs/paper.md "LRN").
     c.model.image_size = 227
     c.model.lrn.update(convention="caffe", k=1.0, n=5, alpha=1e-4,
-                       beta=0.75)
+                       beta=0.75, across_towers=True)
     c.model.dropout_scaling = "inverted"
     c.model.init = "caffe"
   return c

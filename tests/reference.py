@@ -4,7 +4,8 @@ It shares no code with alexnet_jax.model: it takes the weights in the Caffe
 layout (`<layer>.weight` [out, in/groups, kh, kw] / [out, in], NCHW
 activations), expresses the towers as grouped convolutions (groups=towers
 for conv2, conv4, conv5) and plain dense layers, and computes LRN with an
-explicit loop over channels. The model must equal it. Without
+explicit loop over channels (within each tower) or with a band matrix (over
+all channels, Caffe's). The model must equal it. Without
 `conv4.weight` in the weights, conv5 reads conv3 (the §7 ablation).
 """
 
@@ -14,6 +15,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def lrn_loop(x_NCHW, towers, k, n, alpha, beta, convention):
@@ -29,6 +31,24 @@ def lrn_loop(x_NCHW, towers, k, n, alpha, beta, convention):
     s = jnp.sum(x_NCHW[:, lo:hi + 1] ** 2, axis=1)
     outs.append(x_NCHW[:, i] / (k + scale * s) ** beta)
   return jnp.stack(outs, axis=1)
+
+
+def lrn_across_channels(x_NCHW, k, n, alpha, beta, convention):
+  """LRN over all channels of the layer, both towers (Caffe's LRN layer).
+
+  The window sums are a product with a 0/1 band matrix built in numpy:
+  band[j, i] = 1 where map j is in map i's window i - n//2 .. i + n//2 (cut
+  at the layer's first and last map).
+  """
+  channels = x_NCHW.shape[1]
+  half = n // 2
+  j, i = np.meshgrid(np.arange(channels), np.arange(channels),
+                     indexing="ij")
+  band = ((j >= i - half) & (j <= i + n - 1 - half)).astype(np.float32)
+  s = jnp.einsum("njhw,ji->nihw", x_NCHW ** 2, band,
+                 precision=jax.lax.Precision.HIGHEST)
+  scale = alpha / n if convention == "caffe" else alpha
+  return x_NCHW / (k + scale * s) ** beta
 
 
 def _conv(x, w, b, stride, padding, groups):
@@ -55,10 +75,13 @@ def _dropout(x, mask, rate, scaling):
 
 def logits(w, images_NHWC, *, towers=2, lrn=("paper", 2.0, 5, 1e-4, 0.75),
            pool=(3, 2), activation="relu", dropout_rate=0.5,
-           dropout_scaling="paper", dropout_masks=None):
+           dropout_scaling="paper", dropout_masks=None,
+           lrn_across_towers=False):
   """Reference forward pass.
 
   lrn: (convention, k, n, alpha, beta), or None for no LRN.
+  lrn_across_towers: normalize over all channels of the layer (Caffe's
+    bvlc_alexnet) instead of within each tower.
   dropout_masks: (mask6, mask7) of 0/1 for a training pass; None for test.
   """
   act = {"relu": jax.nn.relu, "tanh": jnp.tanh}[activation]
@@ -67,6 +90,8 @@ def logits(w, images_NHWC, *, towers=2, lrn=("paper", 2.0, 5, 1e-4, 0.75),
     if lrn is None:
       return x
     convention, k, n, alpha, beta = lrn
+    if lrn_across_towers:
+      return lrn_across_channels(x, k, n, alpha, beta, convention)
     return lrn_loop(x, towers, k, n, alpha, beta, convention)
 
   def dropout(x, i):

@@ -21,6 +21,7 @@ import pytest
 
 from alexnet_jax import caffe
 from alexnet_jax import model as model_lib
+from alexnet_jax import parallel
 from alexnet_jax import weights
 from configs import ilsvrc2012
 from tests import helpers
@@ -242,8 +243,9 @@ def test_truncated_file_is_named(tmp_path, narrow, cut):
 def test_converted_weights_equal_the_reference(tmp_path, narrow):
   """The converted file through our model, configured as Caffe's
   bvlc_alexnet (configs/ilsvrc2012.py:caffe_reference, narrowed), equals
-  the independent reference with grouped convolutions, Caffe's LRN and BGR
-  input, on the same images."""
+  the independent reference with grouped convolutions, Caffe's LRN (over
+  all channels of the layer, both towers) and BGR input, on the same
+  images, whether one device holds both towers or each device one."""
   shapes, arrays = narrow
   path = tmp_path / "net.caffemodel"
   path.write_bytes(net_bytes(arrays, True))
@@ -252,21 +254,28 @@ def test_converted_weights_equal_the_reference(tmp_path, narrow):
   config.conv_features = tuple(c // 2 for c in NARROW["conv_features"])
   config.fc_features = tuple(f // 2 for f in NARROW["fc_features"])
   config.num_classes = NARROW["num_classes"]
-  assert config.image_size == 227
+  assert config.image_size == 227 and config.lrn.across_towers
   params = weights.from_caffe_layout(
       converted, model_lib.param_shapes(config), input_channels="bgr")
   rng = np.random.default_rng(2)
   images_rgb = rng.normal(0, 40, (2, 227, 227, 3)).astype(np.float32)
-  ours = jax.jit(model_lib.make_apply(config))(params, images_rgb)
   # The reference reads the file's arrays as they are, and BGR images.
-  # (Compiled as one program: op by op, its channel loop takes longer.)
-  theirs = jax.jit(lambda w, x: reference.logits(
+  # (Compiled as one program: op by op it takes longer.)
+  reference_logits = jax.jit(lambda w, x, across: reference.logits(
       w, x, towers=2, lrn=("caffe", 1.0, 5, 1e-4, 0.75),
-      dropout_scaling="inverted"))(arrays, images_rgb[..., ::-1])
-  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+      dropout_scaling="inverted", lrn_across_towers=across),
+                             static_argnums=2)
+  theirs = reference_logits(arrays, images_rgb[..., ::-1], True)
+  for mesh in (None, parallel.make_mesh(1, 2)):
+    on_mesh = params if mesh is None else jax.device_put(
+        params, parallel.named_shardings(mesh, parallel.param_specs(params)))
+    ours = jax.jit(model_lib.make_apply(config, mesh))(on_mesh, images_rgb)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
   # Not a degenerate comparison: the two images' logits differ by far more
-  # than the tolerance.
+  # than the tolerance, and so do those of the per-tower LRN (the paper's).
   assert np.abs(theirs[0] - theirs[1]).max() > 1e-2
+  within = reference_logits(arrays, images_rgb[..., ::-1], False)
+  assert np.abs(within - theirs).max() > 1e-3
 
 
 def run_convert(tmp_path, *args) -> subprocess.CompletedProcess[str]:

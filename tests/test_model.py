@@ -88,6 +88,34 @@ def test_lrn_closed_form_with_channel_edges(convention):
   assert not np.allclose(got2[..., per_tower - 2], got[..., per_tower - 2])
 
 
+@pytest.mark.parametrize("n", [5, 4])
+def test_lrn_across_towers_on_one_and_two_devices(n):
+  """`across_towers`: the window crosses the tower boundary, as Caffe's LRN
+  over all channels (the reference's band matrix), whether one device holds
+  both towers or each device one (the boundary maps sent between them)."""
+  towers, per_tower = 2, 7
+  x = jax.random.normal(jax.random.key(0), (2, 3, 3, towers * per_tower)) * 4
+  lrn = dict(convention="caffe", k=1.0, n=n, alpha=1e-1, beta=0.75)
+  want = reference.lrn_across_channels(
+      jnp.transpose(x, (0, 3, 1, 2)), lrn["k"], n, lrn["alpha"],
+      lrn["beta"], lrn["convention"]).transpose(0, 2, 3, 1)
+  one = model_lib.local_response_norm(x, towers, across_towers=True, **lrn)
+  np.testing.assert_allclose(one, want, rtol=1e-5)
+  mesh = parallel.make_mesh(1, 2)
+  two = jax.jit(jax.shard_map(
+      lambda x: model_lib.local_response_norm(
+          x, 1, across_towers=True, axis_name=parallel.MODEL, **lrn),
+      mesh=mesh, in_specs=parallel.P(None, None, None, parallel.MODEL),
+      out_specs=parallel.P(None, None, None, parallel.MODEL)))(x)
+  np.testing.assert_allclose(two, want, rtol=1e-5)
+  # Not the per-tower LRN: the maps at the boundary differ, the rest not.
+  within = model_lib.local_response_norm(x, towers, **lrn)
+  differ = ~np.isclose(within, want, rtol=1e-5).all(axis=(0, 1, 2))
+  # Window i - n//2 .. i + n - 1 - n//2: maps 5-8 for n = 5, 6-8 for n = 4.
+  boundary = np.arange(per_tower - (n - 1 - n // 2), per_tower + n // 2)
+  np.testing.assert_array_equal(np.flatnonzero(differ), boundary)
+
+
 def test_paper_init_statistics():
   params = model_lib.init_params(model_lib.default_config(),
                                  jax.random.key(0))
@@ -180,7 +208,8 @@ def _reference_options(config):
       towers=config.num_towers, lrn=lrn,
       pool=(config.pool_window, config.pool_stride),
       activation=config.activation, dropout_rate=config.dropout_rate,
-      dropout_scaling=config.dropout_scaling).items())
+      dropout_scaling=config.dropout_scaling,
+      lrn_across_towers=config.lrn.across_towers).items())
 
 
 @functools.partial(jax.jit, static_argnames=("options",))
@@ -203,6 +232,11 @@ def _variant_config(variant):
     config = helpers.tiny_model_config(image_size=102, pool_window=2)
     config.lrn.update(convention="caffe", k=1.0, alpha=1e-3)
     return config
+  if variant == "caffe_lrn_across_towers":  # bvlc_alexnet's LRN.
+    config = helpers.tiny_model_config()
+    config.lrn.update(convention="caffe", k=1.0, alpha=1e-3,
+                      across_towers=True)
+    return config
   if variant == "tanh_no_lrn_no_conv4_inverted":
     # Caffe's smaller biases: the paper's biases of 1 (x 5 below) would
     # saturate tanh and leave gradients of ~1e-20.
@@ -219,7 +253,9 @@ def _variant_config(variant):
 
 @pytest.mark.parametrize("mesh_shape,variant", [
     (None, "paper"), ((1, 2), "paper"), ((2, 2), "paper"), ((2, 1), "paper"),
-    ((1, 2), "caffe_lrn_pool2"), ((1, 2), "tanh_no_lrn_no_conv4_inverted"),
+    ((1, 2), "caffe_lrn_pool2"), ((1, 1), "caffe_lrn_across_towers"),
+    ((1, 2), "caffe_lrn_across_towers"),
+    ((1, 2), "tanh_no_lrn_no_conv4_inverted"),
     ((2, 1), "one_gpu"),
 ])
 def test_model_equals_independent_reference(mesh_shape, variant):

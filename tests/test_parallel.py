@@ -1,5 +1,7 @@
 """The mesh, its validation, and the collectives of the compiled program."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -62,6 +64,17 @@ def test_paper_model_collective_sizes():
   ]
 
 
+def test_lrn_across_towers_collective_sizes():
+  """The paper's sizes with Caffe's LRN: 55x55 and 27x27, 2 maps each way
+  (the byte counts of parallel.py's docstring: each device sends one of
+  each pair)."""
+  config = model_lib.default_config()
+  config.lrn.across_towers = True
+  got = compiled_collectives(config, (1, 2), batch=1)
+  assert sorted(t for op, t, _ in got if op == "collective-permute") == (
+      ["f32[1,27,27,2]"] * 2 + ["f32[1,55,55,2]"] * 2)
+
+
 def test_one_device_per_two_towers_has_no_collectives():
   """model=1: no collective at all, read without the parser too.
 
@@ -72,6 +85,43 @@ def test_one_device_per_two_towers_has_no_collectives():
   assert not [op for op in hlo.COLLECTIVE_OPS if f" {op}(" in text or
               f" {op}-start(" in text]
   assert hlo.collectives(text, (2, 1)) == []
+
+
+def _permute_pairs(text, name):
+  """source_target_pairs of the collective-permute `name` in HLO text."""
+  line = re.search(rf"%{re.escape(name)} = [^\n]*", text).group(0)
+  pairs = re.search(r"source_target_pairs=\{(.*?)\}\}", line).group(1)
+  return [[int(i) for i in p.split(",")]
+          for p in re.findall(r"\{?(\d+,\d+)", pairs)]
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 2), (2, 2), (2, 1)])
+def test_lrn_across_towers_sends_the_boundary_maps(mesh_shape):
+  """`lrn.across_towers` (Caffe's LRN) adds, at norm1 and norm2, one
+  collective-permute each way between the two devices of a tower pair,
+  n // 2 = 2 maps each; none when one device holds both towers."""
+  config = helpers.tiny_model_config()  # conv1 23x23, pool1 11x11.
+  config.lrn.across_towers = True
+  text = compiled_forward(config, mesh_shape, batch=4)
+  found = hlo.collectives(text, mesh_shape)
+  if mesh_shape[1] == 1:
+    assert found == []
+    return
+  data = mesh_shape[0]
+  B = 4 // data
+  right = [[0, 1]] if data == 1 else [[0, 1], [2, 3]]
+  left = [[1, 0]] if data == 1 else [[1, 0], [3, 2]]
+  permutes = [(c["types"][0], _permute_pairs(text, c["name"]))
+              for c in found if c["op"] == "collective-permute"]
+  assert sorted(permutes) == sorted([
+      (f"f32[{B},23,23,2]", right), (f"f32[{B},23,23,2]", left),
+      (f"f32[{B},11,11,2]", right), (f"f32[{B},11,11,2]", left)]), permutes
+  # The paper's four collectives are unchanged.
+  assert [(c["op"], c["types"][0]) for c in found
+          if c["op"] != "collective-permute"] == [
+              ("all-gather", f"f32[{B},5,5,16]"),
+              ("reduce-scatter", f"f32[{B},16]"),
+              ("all-gather", f"f32[{B},32]"), ("all-reduce", f"f32[{B},10]")]
 
 
 def test_mesh_shapes():

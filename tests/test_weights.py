@@ -128,6 +128,7 @@ def test_safetensors_layout_runs_in_the_reference(tmp_path, scaling):
   # torch.nn.LocalResponseNorm's alpha is divided by size: 5 * 1e-4 here.
   assert "LocalResponseNorm(size=5, alpha=0.0005, beta=0.75, k=2.0)" in (
       metadata["alexnet_jax.lrn"])
+  assert "within each of the 2 towers" in metadata["alexnet_jax.lrn"]
   assert metadata["alexnet_jax.groups"] == "conv2, conv4, conv5: 2"
   images = np.random.default_rng(0).normal(
       0, 50, (2, 99, 99, 3)).astype(np.float32)
@@ -172,6 +173,11 @@ def test_export_command_line(tmp_path):
   assert sorted(got) == sorted(expected)
   for key, value in expected.items():
     np.testing.assert_array_equal(got[key], value, key)
+  # bvlc_alexnet's LRN spans both towers: the metadata says so.
+  with safe_open(str(out), framework="numpy") as f:
+    lrn = f.metadata()["alexnet_jax.lrn"]
+  assert "over all channels of the layer (all towers)" in lrn, lrn
+  assert "LocalResponseNorm(size=5, alpha=0.0001, beta=0.75, k=1.0)" in lrn
 
 
 def test_export_of_a_training_workdir(tmp_path):
