@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import math
+import os
 from typing import Any
 
 import ml_collections
@@ -97,6 +98,7 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
          "a directory path")
   _check(config, "dataset", lambda v: isinstance(v, str) and v,
          "a data set name")
+  validate_mean_image_file(config)
 
   optim = config.get("optim")
   if optim is None:
@@ -127,6 +129,22 @@ def validate_training(config: ml_collections.ConfigDict) -> None:
         "stops improving, so it needs a split to validate on",
         "set --config.eval_split=validation, or use a fixed schedule: "
         "--config.optim.schedule=steps")
+
+
+def validate_mean_image_file(config: ml_collections.ConfigDict) -> None:
+  """`mean_image_file`: empty, or a file that exists (its shape is checked
+  against the data when they are read: input_stats.load_mean_image)."""
+  _check(config, "mean_image_file",
+         lambda v: v is None or isinstance(v, str),
+         "a path to an .npz holding mean_image, or empty")
+  path = config.get("mean_image_file")
+  if path and not os.path.isfile(path):
+    raise _field(
+        "mean_image_file", path, "no such file",
+        "make it from Caffe's mean with `python -m alexnet_jax.weights "
+        "convert --caffemodel=... --out=... --mean=imagenet_mean.binaryproto "
+        "--mean_out=FILE`, give its path, or set --config.mean_image_file= "
+        "(empty) to use the mean of the training images")
 
 
 def validate_model(config: ml_collections.ConfigDict) -> None:

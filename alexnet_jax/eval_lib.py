@@ -35,9 +35,15 @@ class NotAWorkdirError(cli.UserError, FileNotFoundError):
 
 
 def check_ensemble(configs: Sequence[ml_collections.ConfigDict]) -> None:
-  """Members must read the same images: same crop size and classes."""
+  """Members must read the same images: same crop size, classes and mean
+  image (the data are prepared with the first member's config)."""
   first = configs[0].model
   for c in configs[1:]:
+    if c.get("mean_image_file") != configs[0].get("mean_image_file"):
+      raise cli.UserError(
+          "ensemble members subtract different mean images "
+          f"(config.mean_image_file {configs[0].get('mean_image_file')!r} "
+          f"vs {c.get('mean_image_file')!r}); evaluate them separately.")
     if (c.model.image_size, c.model.num_classes) != (
         first.image_size, first.num_classes):
       raise cli.UserError(

@@ -71,6 +71,7 @@ def main(argv: Sequence[str]) -> None:
   configs += [eval_lib.load_workdir_config(w) for w in _WORKDIRS.value or ()]
   for config in configs:
     config_validation.validate_model(config)
+  config_validation.validate_mean_image_file(configs[0])
   eval_lib.check_ensemble(configs)
   cli.setup_devices(configs[0])
   mesh = parallel.make_mesh(_MESH_DATA.value, _MESH_MODEL.value,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import zipfile
 from typing import Literal
 
 from absl import logging
@@ -41,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax import cli
 from alexnet_jax import input_decoding
 from alexnet_jax import input_splits
 
@@ -144,6 +146,53 @@ class InputStats:
       return cls(mean_image=arrays["mean_image"].astype(np.float32),
                  pixel_covariance=arrays["pixel_covariance"],
                  num_images=int(arrays["num_images"]))
+
+
+class MeanImageError(cli.UserError, ValueError):
+  """A mean image file (`config.mean_image_file`) that cannot be used."""
+
+
+def load_mean_image(path: str, image_size: int) -> np.ndarray:
+  """The `mean_image` [s, s, 3] (RGB, 0-255) of an .npz; s = `image_size`.
+
+  The file `python -m alexnet_jax.weights convert --mean_out=...` writes
+  from Caffe's imagenet_mean.binaryproto, or a data directory's cached
+  input_stats_*.npz. `image_size` is the side of the prepared (stored)
+  images the mean is subtracted from (256 in the paper, §2).
+
+  Raises:
+    MeanImageError: no such file, not an .npz, no `mean_image`, or another
+      shape; the message names the file and what to do.
+  """
+  where = f"config.mean_image_file={path!r}"
+  if not tf.io.gfile.exists(path):
+    raise MeanImageError(
+        f"{where}: no such file. Make it from Caffe's mean with `python -m "
+        "alexnet_jax.weights convert --caffemodel=... --out=... "
+        "--mean=imagenet_mean.binaryproto --mean_out=FILE`, or leave the "
+        "field empty to use the mean of the training images.")
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      arrays = np.load(io.BytesIO(f.read()))
+      if "mean_image" not in arrays.files:
+        raise MeanImageError(
+            f"{where} holds {arrays.files}, no 'mean_image'. Give the file "
+            "`python -m alexnet_jax.weights convert --mean_out=...` wrote, "
+            "or a data directory's input_stats_*.npz.")
+      mean = np.asarray(arrays["mean_image"], np.float32)
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    if isinstance(e, MeanImageError):
+      raise
+    raise MeanImageError(f"{where} is not a readable .npz ({e}).") from None
+  if mean.shape != (image_size, image_size, 3):
+    raise MeanImageError(
+        f"{where}: mean_image has shape {mean.shape}; the data set's "
+        f"prepared images are {image_size}x{image_size}, so it must be "
+        f"({image_size}, {image_size}, 3) (RGB, 0-255 scale).")
+  if not np.isfinite(mean).all():
+    raise MeanImageError(f"{where}: mean_image holds NaN or infinite "
+                         "values.")
+  return mean
 
 
 def stats_file_name(builder: tfds.core.DatasetBuilder, split: str,

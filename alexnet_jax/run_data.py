@@ -3,7 +3,8 @@
 `Data(config, mesh)` is what the training program, `evaluate` and
 `neighbors` read: it generates the mini release when the config asks for
 it, builds the data set once (data/), computes or loads the input
-statistics (input_stats.py) and makes this process's training and
+statistics (input_stats.py; `config.mean_image_file` replaces their mean
+image, e.g. by Caffe's) and makes this process's training and
 evaluation batches (input_pipeline.py) as global `jax.Array`s sharded over
 the mesh's `data` axis.
 
@@ -16,6 +17,7 @@ read the same part.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+import dataclasses
 from typing import Any
 
 import jax
@@ -51,10 +53,21 @@ class Data:
     _sync("data prepared")
     stored = self.builder.info.features["image"].shape[0]
     self.image_size = stored or input_decoding.IMAGE_SIZE
-    if jax.process_index() == 0:
-      self._stats()
-    _sync("statistics ready")
-    self.stats = self._stats()
+    # config.mean_image_file (e.g. Caffe's mean, converted): its mean
+    # replaces the training images' for training and evaluation. The
+    # training set's pixel covariance (PCA lighting, §4.1) stays what it
+    # is; only training needs it, so then it is computed on first use and
+    # evaluating with a given mean needs no pass over the training images.
+    mean_file = config.get("mean_image_file")
+    self.mean_image = (input_stats.load_mean_image(mean_file, self.image_size)
+                       if mean_file else None)
+    if self.mean_image is None:
+      self.stats = self._computed_stats()
+    else:
+      # What evaluation reads: the mean (no covariance is known for it).
+      self.stats = input_stats.InputStats(
+          mean_image=self.mean_image,
+          pixel_covariance=np.full((3, 3), np.nan), num_images=0)
     # Which slice of every batch this process reads (processes holding the
     # same data rows of the mesh read the same one).
     self.shard, self.num_shards = parallel.process_data_shard(mesh)
@@ -80,6 +93,23 @@ class Data:
         self.builder, max_images=self.config.stats_max_images,
         split=self.config.train_split, image_size=self.image_size)
 
+  def _computed_stats(self) -> input_stats.InputStats:
+    """The training images' statistics: process 0 computes (or loads)
+    them, then every process loads them. Every process must call it."""
+    if jax.process_index() == 0:
+      self._stats()
+    _sync("statistics ready")
+    return self._stats()
+
+  def train_stats(self) -> input_stats.InputStats:
+    """What training reads: the training images' statistics, their mean
+    replaced by `mean_image_file`'s when the config names one. Every
+    process must call it (it may compute the statistics)."""
+    if self.mean_image is None:
+      return self.stats
+    return dataclasses.replace(self._computed_stats(),
+                               mean_image=self.mean_image)
+
   def train_batches(self, start_step: int) -> Iterator[dict[str, jax.Array]]:
     """The endless training stream from `start_step` on (a generator).
 
@@ -89,7 +119,7 @@ class Data:
     ds = input_pipeline.make_train_dataset(
         self.builder, global_batch_size=self.config.batch_size,
         crop_size=self.config.model.image_size, seed=self.config.seed,
-        stats=self.stats, start_step=start_step,
+        stats=self.train_stats(), start_step=start_step,
         process_index=self.shard, process_count=self.num_shards,
         split=self.config.train_split,
         shuffle_buffer_size=self.config.shuffle_buffer_size,

@@ -120,6 +120,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.pca_lighting_std = 0.1  # §4.1: alpha_i ~ N(0, 0.1); 0 disables.
   c.pca_lighting_scale = "std"  # See input_stats.py; or unit_variance.
   c.stats_max_images = ml_collections.config_dict.placeholder(int)
+  # An .npz holding `mean_image` [s, s, 3] (RGB, 0-255; s the prepared image
+  # side, 256 in the paper) to subtract instead of the training images' mean
+  # (§2), e.g. Caffe's imagenet_mean converted by `weights convert
+  # --mean_out`. PCA lighting still uses the training images' covariance.
+  # Empty: the mean of the training images, computed once (input_stats.py).
+  c.mean_image_file = ml_collections.config_dict.placeholder(str)
   c.shuffle_buffer_size = 10_000
 
   # Training (§5).

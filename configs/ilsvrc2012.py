@@ -33,7 +33,11 @@ Config arguments: those of configs/ilsvrc2010.py, and
             --config=configs/ilsvrc2012.py:caffe_reference photo.jpg
 
       Caffe reads BGR images; `--input_channels=bgr` reverses conv1's input
-      channels so that our RGB pipeline computes the same function.
+      channels so that our RGB pipeline computes the same function. The
+      images are centred by Caffe's own mean, `config.mean_image_file`
+      (default imagenet_mean.npz in the working directory, as converted
+      above; `--config.mean_image_file=PATH` elsewhere, empty for the mean
+      of the training images).
       Published result (Caffe model zoo, ILSVRC-2012 validation, center
       crop): 57.1% top-1 / 80.2% top-5 accuracy, i.e. 42.9% / 19.8% error.
       Not run here (no ImageNet on this project's machines).
@@ -65,4 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        beta=0.75, across_towers=True)
     c.model.dropout_scaling = "inverted"
     c.model.init = "caffe"
+    # Caffe's mean image (imagenet_mean.binaryproto, converted by the
+    # command above), not the one computed from the training images.
+    c.mean_image_file = "imagenet_mean.npz"
   return c
