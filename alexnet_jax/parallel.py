@@ -29,18 +29,20 @@ an all-reduce of S bytes sends S):
   fc8    all-reduce partial logits        4,000   all-gather fc7 + all-   10,192
          (1000)                                   gather logits (2048+500)
 
-Total 106,912 bytes per image per device in the forward pass.
-
-With `model.lrn.across_towers` (Caffe's bvlc_alexnet, whose LRN spans both
-towers; the paper normalizes within each, §3.3) norm1 and norm2 also need
-the n // 2 = 2 maps of the neighbouring tower nearest the tower boundary:
-each device sends 2 maps (`neighbour_channels`, a collective-permute), 55 x
-55 x 2 = 24,200 bytes at norm1 and 27 x 27 x 2 = 5,832 at norm2, 30,032 in
-all (an all-gather of the whole layer would send 580,800 + 373,248). The backward
+Total 106,912 bytes per image per device in the forward pass. The backward
 pass moves 102,912: the transpose of an all-gather is a reduce-scatter of the
 same size and vice versa, and fc8's sum needs none (its gradient, like the
 logits, is already whole on both devices). Measured from the compiled
 program by `python -m benchmarks.train_step`.
+
+With `model.lrn.across_towers` (Caffe's bvlc_alexnet, whose LRN spans both
+towers; the paper normalizes within each, §3.3) norm1 and norm2 also need
+the n // 2 = 2 maps of the neighbouring tower nearest the tower boundary:
+each device sends 2 maps (`neighbour_channels`, a collective-permute),
+55 x 55 x 2 = 24,200 bytes at norm1 and 27 x 27 x 2 = 5,832 at norm2,
+30,032 per image per device in the forward pass and as many in the
+backward (a permute's transpose is the reverse permute); an all-gather of
+the whole layers would send 580,800 + 373,248.
 """
 
 from __future__ import annotations
