@@ -8,6 +8,8 @@ images, 64x64 crops).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -69,6 +71,9 @@ def test_evaluation_subtracts_the_given_mean(smoke_dirs, tmp_path,
   np.testing.assert_array_equal(train.pixel_covariance,
                                 computed.stats.pixel_covariance)
   assert train.num_images == computed.stats.num_images
+  with contextlib.closing(given.train_batches(0)) as batches:
+    images = np.asarray(next(batches)["image"])
+  assert images.shape[1:] == (CROP, CROP, 3) and np.isfinite(images).all()
 
 
 @pytest.mark.parametrize("kind,needles", [
