@@ -50,20 +50,32 @@ from alexnet_jax import cli
 from alexnet_jax import config_validation
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file, e.g. configs/demo.py[:ARGS]; "
-    "--config.x=y overrides apply to every run.", lock_config=True)
+    "config",
+    None,
+    "Training config file, e.g. configs/demo.py[:ARGS]; "
+    "--config.x=y overrides apply to every run.",
+    lock_config=True,
+)
 _VARIANTS = flags.DEFINE_list(
-    "variants", "paper,one_gpu,no_lrn,no_overlap,no_pca,no_dropout",
+    "variants",
+    "paper,one_gpu,no_lrn,no_overlap,no_pca,no_dropout",
     "Variants: `paper` (the config as given) or config arguments added to "
-    "the config's own; `a+b` combines two.")
+    "the config's own; `a+b` combines two.",
+)
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds 0..n-1 for every variant.")
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Holds one workdir per run and the ablation.* outputs "
-    "(default: workdirs/ablate_<config name>).")
+    "workdir",
+    None,
+    "Holds one workdir per run and the ablation.* outputs "
+    "(default: workdirs/ablate_<config name>).",
+)
 _CACHE = flags.DEFINE_string(
-    "compilation_cache", None, "JAX persistent compilation cache, shared by "
+    "compilation_cache",
+    None,
+    "JAX persistent compilation cache, shared by "
     "the runs (seeds of a variant compile the same programs); default "
-    "<workdir>/compilation_cache, '' for none.")
+    "<workdir>/compilation_cache, '' for none.",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -88,14 +100,16 @@ def variant_config_arg(base: str, variant: str) -> str:
 def load_config(config_arg: str) -> ml_collections.ConfigDict:
   """Loads `path[:args]` exactly as the --config flag of main.py does."""
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+      "config", None, "", flag_values=flag_values, lock_config=True
+  )
   flag_values(["ablate", f"--config={config_arg}"])
   return flag_values.config
 
 
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: dict[str, Any]) -> None:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: dict[str, Any]
+) -> None:
   """Sets `{"a.b": value}` (the parsed --config.a.b=value flags)."""
   for path, value in overrides.items():
     *parents, name = path.split(".")
@@ -117,9 +131,9 @@ def known_variants(base: str) -> list[str]:
   return [ablation_report.PAPER] + accepted
 
 
-def variant_configs(base: str, variants: Sequence[str],
-                    overrides: dict[str, Any]
-                    ) -> dict[str, ml_collections.ConfigDict]:
+def variant_configs(
+    base: str, variants: Sequence[str], overrides: dict[str, Any]
+) -> dict[str, ml_collections.ConfigDict]:
   """Loads and checks every variant's config (before any training)."""
   configs, unknown = {}, []
   for variant in variants:
@@ -129,8 +143,9 @@ def variant_configs(base: str, variants: Sequence[str],
       # config_flags puts the config's traceback into its message: keep the
       # config's own last line (e.g. "ValueError: unknown config ...").
       cause = str(e).strip().splitlines()[-1]
-      unknown.append((variant, re.sub(r"^[\w.]*(Error|Exception): ", "",
-                                      cause)))
+      unknown.append(
+          (variant, re.sub(r"^[\w.]*(Error|Exception): ", "", cause))
+      )
       continue
     apply_overrides(config, overrides)
     try:
@@ -140,8 +155,11 @@ def variant_configs(base: str, variants: Sequence[str],
     configs[variant] = config
   if unknown:
     lines = [f"unknown variant {v!r} for {base} ({e})" for v, e in unknown]
-    lines.append("known variants: " + ", ".join(known_variants(base)) +
-                 " (and `+`-joined combinations of them)")
+    lines.append(
+        "known variants: "
+        + ", ".join(known_variants(base))
+        + " (and `+`-joined combinations of them)"
+    )
     raise AblationError("; ".join(lines))
   return configs
 
@@ -177,16 +195,25 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   with open(path) as f:
     saved = json.load(f)
   if saved != _config_dict(config):
-    changed = sorted(k for k in set(saved) | set(_config_dict(config))
-                     if saved.get(k) != _config_dict(config).get(k))
+    changed = sorted(
+        k
+        for k in set(saved) | set(_config_dict(config))
+        if saved.get(k) != _config_dict(config).get(k)
+    )
     raise AblationError(
         f"{workdir} holds a run of another config (differs in {changed}): "
-        "use another --workdir, or delete that run to redo it.")
+        "use another --workdir, or delete that run to redo it."
+    )
 
 
-def run_study(base: str, variants: Sequence[str], seeds: int, workdir: str,
-              overrides: dict[str, Any] | None = None,
-              compilation_cache: str | None = None) -> dict[str, Any]:
+def run_study(
+    base: str,
+    variants: Sequence[str],
+    seeds: int,
+    workdir: str,
+    overrides: dict[str, Any] | None = None,
+    compilation_cache: str | None = None,
+) -> dict[str, Any]:
   """Runs (or skips, or resumes) every run; writes the three outputs.
 
   Args:
@@ -222,9 +249,15 @@ def run_study(base: str, variants: Sequence[str], seeds: int, workdir: str,
   from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   # Fake CPU devices for the most demanding variant, before JAX starts; a
   # mesh takes the devices it needs from the front of the list.
-  cli.setup_devices(ml_collections.ConfigDict(dict(cpu_devices=max(
-      c.get("cpu_devices", 0) for c in configs.values()))))
+  cli.setup_devices(
+      ml_collections.ConfigDict(
+          dict(
+              cpu_devices=max(c.get("cpu_devices", 0) for c in configs.values())
+          )
+      )
+  )
   import jax  # pylint: disable=g-import-not-at-top
+
   if compilation_cache and not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", compilation_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
@@ -237,8 +270,9 @@ def run_study(base: str, variants: Sequence[str], seeds: int, workdir: str,
 
   start = time.time()
   runs, records, failed, durations = {}, {}, [], []
-  to_train = sum(not os.path.exists(os.path.join(d, "results.json"))
-                 for *_, d in plan)
+  to_train = sum(
+      not os.path.exists(os.path.join(d, "results.json")) for *_, d in plan
+  )
   trained = 0
   for i, (variant, seed, config, run_dir) in enumerate(plan, 1):
     head = f"[run {i}/{len(plan)}] {variant} seed {seed}"
@@ -251,10 +285,16 @@ def run_study(base: str, variants: Sequence[str], seeds: int, workdir: str,
       records.setdefault(variant, {})[seed] = record | dict(status="skipped")
       continue
     resuming = os.path.isdir(os.path.join(run_dir, "checkpoints"))
-    eta = ("ETA " + _format_duration(np.mean(durations) * (to_train - trained))
-           if durations else "ETA after the first run")
-    print(f"{head} ({'resuming' if resuming else 'training'} in {run_dir}) "
-          f"... {eta}", flush=True)
+    eta = (
+        "ETA " + _format_duration(np.mean(durations) * (to_train - trained))
+        if durations
+        else "ETA after the first run"
+    )
+    print(
+        f"{head} ({'resuming' if resuming else 'training'} in {run_dir}) "
+        f"... {eta}",
+        flush=True,
+    )
     run_start = time.time()
     try:
       results = train.train_and_evaluate(config, run_dir)
@@ -263,43 +303,62 @@ def run_study(base: str, variants: Sequence[str], seeds: int, workdir: str,
       print(f"{head}: FAILED: {e}", flush=True)
       failed.append(f"{variant} seed {seed}: {e}")
       records.setdefault(variant, {})[seed] = record | dict(
-          status="failed", error=str(e))
+          status="failed", error=str(e)
+      )
       trained += 1
       continue
     seconds = time.time() - run_start
     durations.append(seconds)
     trained += 1
     if results.get("preempted"):
-      print(f"{head}: stopped by a signal at step {results['step']}; rerun "
-            "the same command to resume.", flush=True)
-      records.setdefault(variant, {})[seed] = record | dict(
-          status="preempted")
+      print(
+          f"{head}: stopped by a signal at step {results['step']}; rerun "
+          "the same command to resume.",
+          flush=True,
+      )
+      records.setdefault(variant, {})[seed] = record | dict(status="preempted")
       failed.append(f"{variant} seed {seed}: preempted")
       break
     runs.setdefault(variant, {})[seed] = results
     records.setdefault(variant, {})[seed] = record | dict(
-        status="resumed" if resuming else "trained", seconds=seconds)
+        status="resumed" if resuming else "trained", seconds=seconds
+    )
     e = results["evaluations"][split]["ten"]
-    print(f"{head}: done in {_format_duration(seconds)}, {split} 10-crop "
-          f"top-1 {100 * e['top1_error']:.2f}% top-5 "
-          f"{100 * e['top5_error']:.2f}%", flush=True)
+    print(
+        f"{head}: done in {_format_duration(seconds)}, {split} 10-crop "
+        f"top-1 {100 * e['top1_error']:.2f}% top-5 "
+        f"{100 * e['top5_error']:.2f}%",
+        flush=True,
+    )
 
   table = ablation_report.analyze(runs, split, variants)
   for variant, entry in table.items():
     entry["config"] = variant_config_arg(base, variant)
-    entry["runs"] = {str(s): r for s, r in sorted(
-        records.get(variant, {}).items())}
+    entry["runs"] = {
+        str(s): r for s, r in sorted(records.get(variant, {}).items())
+    }
   devices = jax.devices()
   study = dict(
-      config=base, overrides={k: v for k, v in (overrides or {}).items()},
-      variants_order=variants, seeds=list(range(seeds)), split=split,
+      config=base,
+      overrides={k: v for k, v in (overrides or {}).items()},
+      variants_order=variants,
+      seeds=list(range(seeds)),
+      split=split,
       units="errors and differences are fractions (results.json units)",
-      hardware=dict(platform=jax.default_backend(), count=len(devices),
-                    kind=devices[0].device_kind),
-      seconds=time.time() - start, failed=failed, variants=table)
+      hardware=dict(
+          platform=jax.default_backend(),
+          count=len(devices),
+          kind=devices[0].device_kind,
+      ),
+      seconds=time.time() - start,
+      failed=failed,
+      variants=table,
+  )
   os.makedirs(workdir, exist_ok=True)
-  outputs = {name: os.path.join(workdir, f"ablation.{name}")
-             for name in ("json", "md", "png")}
+  outputs = {
+      name: os.path.join(workdir, f"ablation.{name}")
+      for name in ("json", "md", "png")
+  }
   with open(outputs["json"], "w") as f:
     json.dump(study, f, indent=2, default=str)
   with open(outputs["md"], "w") as f:
@@ -320,19 +379,26 @@ def main(argv):
   if workdir is None:
     path, _, arg = base.partition(":")
     name = os.path.splitext(os.path.basename(path))[0]
-    workdir = os.path.join("workdirs", "ablate_" + name + (
-        "_" + arg.replace(",", "_") if arg else ""))
+    workdir = os.path.join(
+        "workdirs",
+        "ablate_" + name + ("_" + arg.replace(",", "_") if arg else ""),
+    )
   cache = _CACHE.value
   if cache is None:
     cache = os.path.join(workdir, "compilation_cache")
-  study = run_study(base, _VARIANTS.value, _SEEDS.value, workdir, overrides,
-                    cache)
+  study = run_study(
+      base, _VARIANTS.value, _SEEDS.value, workdir, overrides, cache
+  )
   print(ablation_report.markdown(study), flush=True)
   for path in study["outputs"].values():
     print(f"wrote {path}")
-  print(f"{len(study['failed'])} run(s) failed or stopped" if study["failed"]
-        else f"all runs finished; {_format_duration(study['seconds'])} in "
-        "this invocation", flush=True)
+  print(
+      f"{len(study['failed'])} run(s) failed or stopped"
+      if study["failed"]
+      else f"all runs finished; {_format_duration(study['seconds'])} in "
+      "this invocation",
+      flush=True,
+  )
   for line in study["failed"]:
     print(f"  {line}", flush=True)
   return 1 if study["failed"] else 0

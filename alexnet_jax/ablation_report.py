@@ -20,8 +20,12 @@ from scipy import stats
 
 PAPER = "paper"
 # (metric, crops) pairs read from results.json.
-METRICS = (("top1_error", "center"), ("top1_error", "ten"),
-           ("top5_error", "center"), ("top5_error", "ten"))
+METRICS = (
+    ("top1_error", "center"),
+    ("top1_error", "ten"),
+    ("top5_error", "center"),
+    ("top5_error", "ten"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Claim:
   top1/top5: the claimed increase of the error in percentage points (None:
   no number). relation: "=" (stated), ">" (at least), "~" (about).
   """
+
   section: str
   top1: float | None
   top5: float | None
@@ -41,8 +46,9 @@ class Claim:
     if self.top1 is None and self.top5 is None:
       return "no number"
     sign = {"=": "", ">": "> ", "~": "~ "}[self.relation]
-    cells = ["n/a" if v is None else f"{sign}+{v:g}"
-             for v in (self.top1, self.top5)]
+    cells = [
+        "n/a" if v is None else f"{sign}+{v:g}" for v in (self.top1, self.top5)
+    ]
     return " / ".join(cells)
 
 
@@ -50,21 +56,54 @@ class Claim:
 # the component).
 CLAIMS = {
     "one_gpu": Claim(
-        "§3.2", 1.7, 1.2, "two towers beat the one-GPU net of footnote 2 "
-        "(half the kernels) by 1.7 top-1 / 1.2 top-5"),
-    "no_lrn": Claim("§3.3", 1.4, 1.2, "response normalization reduces "
-                    "top-1 / top-5 error by 1.4 / 1.2"),
-    "no_overlap": Claim("§3.4", 0.4, 0.3, "overlapping pooling (3/2 vs "
-                        "2/2) reduces top-1 / top-5 error by 0.4 / 0.3"),
-    "no_pca": Claim("§4.1", 1.0, None, "PCA lighting reduces top-1 error "
-                    "by over 1", relation=">"),
-    "no_dropout": Claim("§4.2", None, None, "without dropout the network "
-                        "overfits substantially (no error number)"),
-    "tanh": Claim("§3.1", None, None, "Figure 1: ReLUs reach 25% training "
-                  "error on CIFAR-10 6x faster than tanh (no test error "
-                  "difference claimed)"),
-    "no_conv4": Claim("§7", 2.0, None, "removing any middle layer costs "
-                      "about 2 top-1", relation="~"),
+        "§3.2",
+        1.7,
+        1.2,
+        "two towers beat the one-GPU net of footnote 2 "
+        "(half the kernels) by 1.7 top-1 / 1.2 top-5",
+    ),
+    "no_lrn": Claim(
+        "§3.3",
+        1.4,
+        1.2,
+        "response normalization reduces " "top-1 / top-5 error by 1.4 / 1.2",
+    ),
+    "no_overlap": Claim(
+        "§3.4",
+        0.4,
+        0.3,
+        "overlapping pooling (3/2 vs "
+        "2/2) reduces top-1 / top-5 error by 0.4 / 0.3",
+    ),
+    "no_pca": Claim(
+        "§4.1",
+        1.0,
+        None,
+        "PCA lighting reduces top-1 error " "by over 1",
+        relation=">",
+    ),
+    "no_dropout": Claim(
+        "§4.2",
+        None,
+        None,
+        "without dropout the network "
+        "overfits substantially (no error number)",
+    ),
+    "tanh": Claim(
+        "§3.1",
+        None,
+        None,
+        "Figure 1: ReLUs reach 25% training "
+        "error on CIFAR-10 6x faster than tanh (no test error "
+        "difference claimed)",
+    ),
+    "no_conv4": Claim(
+        "§7",
+        2.0,
+        None,
+        "removing any middle layer costs " "about 2 top-1",
+        relation="~",
+    ),
 }
 
 
@@ -76,13 +115,17 @@ CLAIMS = {
 def summarize(values: Sequence[float]) -> dict[str, Any]:
   """Mean and sample standard deviation (None with fewer than 2 values)."""
   v = np.asarray(values, np.float64)
-  return dict(n=len(v), values=[float(x) for x in v],
-              mean=float(v.mean()) if len(v) else None,
-              std=float(v.std(ddof=1)) if len(v) > 1 else None)
+  return dict(
+      n=len(v),
+      values=[float(x) for x in v],
+      mean=float(v.mean()) if len(v) else None,
+      std=float(v.std(ddof=1)) if len(v) > 1 else None,
+  )
 
 
-def paired_difference(variant: dict[int, float],
-                      paper: dict[int, float]) -> dict[str, Any]:
+def paired_difference(
+    variant: dict[int, float], paper: dict[int, float]
+) -> dict[str, Any]:
   """variant - paper over the seeds both have: mean and 95% t-interval.
 
   Args:
@@ -95,8 +138,14 @@ def paired_difference(variant: dict[int, float],
   """
   seeds = sorted(set(variant) & set(paper))
   d = np.asarray([variant[s] - paper[s] for s in seeds], np.float64)
-  out = dict(n=len(d), seeds=seeds, differences=[float(x) for x in d],
-             mean=float(d.mean()) if len(d) else None, std=None, ci95=None)
+  out = dict(
+      n=len(d),
+      seeds=seeds,
+      differences=[float(x) for x in d],
+      mean=float(d.mean()) if len(d) else None,
+      std=None,
+      ci95=None,
+  )
   if len(d) > 1:
     std = float(d.std(ddof=1))
     half = float(stats.t.ppf(0.975, len(d) - 1)) * std / math.sqrt(len(d))
@@ -114,8 +163,11 @@ def reading(diff: dict[str, Any]) -> str:
   return "worse than paper" if lo > 0 else "better than paper"
 
 
-def analyze(runs: dict[str, dict[int, dict[str, Any]]], split: str,
-            variants: Sequence[str]) -> dict[str, Any]:
+def analyze(
+    runs: dict[str, dict[int, dict[str, Any]]],
+    split: str,
+    variants: Sequence[str],
+) -> dict[str, Any]:
   """Per variant: error statistics and paired differences from `paper`.
 
   Args:
@@ -127,26 +179,31 @@ def analyze(runs: dict[str, dict[int, dict[str, Any]]], split: str,
     variant -> {"errors": {metric: summary}, "vs_paper": {metric: paired
     difference}, "claim": ...}; errors and differences are fractions.
   """
+
   def values(variant):
     out = {}
     for metric, crops in METRICS:
       out[f"{metric}_{crops}"] = {
           seed: r["evaluations"][split][crops][metric]
-          for seed, r in sorted(runs.get(variant, {}).items())}
+          for seed, r in sorted(runs.get(variant, {}).items())
+      }
     return out
 
   paper = values(PAPER)
   table = {}
   for variant in variants:
     v = values(variant)
-    entry = dict(errors={k: summarize(list(s.values()))
-                         for k, s in v.items()})
+    entry = dict(errors={k: summarize(list(s.values())) for k, s in v.items()})
     if variant != PAPER:
-      entry["vs_paper"] = {k: paired_difference(s, paper[k])
-                           for k, s in v.items()}
+      entry["vs_paper"] = {
+          k: paired_difference(s, paper[k]) for k, s in v.items()
+      }
       claim = CLAIMS.get(variant)
-      entry["claim"] = (dataclasses.asdict(claim) | dict(
-          formatted=claim.format())) if claim else None
+      entry["claim"] = (
+          (dataclasses.asdict(claim) | dict(formatted=claim.format()))
+          if claim
+          else None
+      )
     table[variant] = entry
   return table
 
@@ -182,12 +239,15 @@ def markdown(study: dict[str, Any]) -> str:
       "",
       "| variant | seeds | top-1 1-crop | top-1 10-crop | top-5 1-crop | "
       "top-5 10-crop |",
-      "|---|---|---|---|---|---|"]
+      "|---|---|---|---|---|---|",
+  ]
   for variant, entry in table.items():
     e = entry["errors"]
     lines.append(
         f"| {variant} | {e['top1_error_center']['n']} | "
-        + " | ".join(_mean_std(e[f"{m}_{c}"]) for m, c in METRICS) + " |")
+        + " | ".join(_mean_std(e[f"{m}_{c}"]) for m, c in METRICS)
+        + " |"
+    )
   lines += [
       "",
       "Difference from `paper` (variant - paper, percentage points; + means "
@@ -196,20 +256,29 @@ def markdown(study: dict[str, Any]) -> str:
       "| variant | paper's claim top-1 / top-5 | top-1 10-crop | "
       "top-5 10-crop | top-1 1-crop | top-5 1-crop | pairs | top-1 "
       "10-crop reads |",
-      "|---|---|---|---|---|---|---|---|"]
+      "|---|---|---|---|---|---|---|---|",
+  ]
   for variant, entry in table.items():
     if variant == PAPER:
       continue
     d = entry["vs_paper"]
     claim = entry["claim"]
-    claim_cell = (f"{claim['formatted']} ({claim['section']})" if claim
-                  else "none")
+    claim_cell = (
+        f"{claim['formatted']} ({claim['section']})" if claim else "none"
+    )
     lines.append(
         f"| {variant} | {claim_cell} | "
-        + " | ".join(_diff(d[k]) for k in (
-            "top1_error_ten", "top5_error_ten", "top1_error_center",
-            "top5_error_center"))
-        + f" | {d['top1_error_ten']['n']} | {reading(d['top1_error_ten'])} |")
+        + " | ".join(
+            _diff(d[k])
+            for k in (
+                "top1_error_ten",
+                "top5_error_ten",
+                "top1_error_center",
+                "top5_error_center",
+            )
+        )
+        + f" | {d['top1_error_ten']['n']} | {reading(d['top1_error_ten'])} |"
+    )
   return "\n".join(lines) + "\n"
 
 
@@ -229,11 +298,15 @@ def plot(study: dict[str, Any], path: str) -> None:
   for v, e in rows:
     for key, _ in panels:
       d = e["vs_paper"][key]
-      xs += [100 * x for x in ([d["mean"]] if d["mean"] is not None else [])
-             + (d["ci95"] or [])]
+      xs += [
+          100 * x
+          for x in ([d["mean"]] if d["mean"] is not None else [])
+          + (d["ci95"] or [])
+      ]
     claim = CLAIMS.get(v)
-    xs += [x for x in ((claim.top1, claim.top5) if claim else ())
-           if x is not None]
+    xs += [
+        x for x in ((claim.top1, claim.top5) if claim else ()) if x is not None
+    ]
   lo, hi = min(xs), max(xs)
   pad = max(0.5, 0.08 * (hi - lo))
   lo, hi = lo - pad, hi + pad
@@ -243,12 +316,21 @@ def plot(study: dict[str, Any], path: str) -> None:
   image = Image.new("RGB", (width, height), "white")
   draw = ImageDraw.Draw(image)
   font, small = _font(15), _font(12)
-  draw.text((gap, 10), f"Difference from paper, 10 crops, "
-            f"{study['split']} ({study['config']}; {len(study['seeds'])} "
-            "seeds)", fill="black", font=font)
-  draw.text((gap, 32), "blue: mean and 95% interval over paired seeds;  "
-            "red: the paper's claim;  + = error higher without it",
-            fill="dimgray", font=small)
+  draw.text(
+      (gap, 10),
+      f"Difference from paper, 10 crops, "
+      f"{study['split']} ({study['config']}; {len(study['seeds'])} "
+      "seeds)",
+      fill="black",
+      font=font,
+  )
+  draw.text(
+      (gap, 32),
+      "blue: mean and 95% interval over paired seeds;  "
+      "red: the paper's claim;  + = error higher without it",
+      fill="dimgray",
+      font=small,
+  )
   bottom = top + row_h * max(len(rows), 1)
   for p, (key, title) in enumerate(panels):
     x0 = label_w + gap + p * (panel_w + gap)
@@ -258,8 +340,12 @@ def plot(study: dict[str, Any], path: str) -> None:
 
     draw.rectangle([x0, top, x0 + panel_w, bottom], outline="gray")
     draw.line([x_of(0), top, x_of(0), bottom], fill="gray")
-    draw.text((x0 + panel_w / 2 - 40, bottom + 34),
-              f"{title} error, points", fill="black", font=small)
+    draw.text(
+        (x0 + panel_w / 2 - 40, bottom + 34),
+        f"{title} error, points",
+        fill="black",
+        font=small,
+    )
     # Ticks.
     step = 10 ** math.floor(math.log10(max(hi - lo, 1e-9) / 2))
     if (hi - lo) / step > 10:
@@ -267,8 +353,9 @@ def plot(study: dict[str, Any], path: str) -> None:
     tick = math.ceil(lo / step) * step
     while tick <= hi:
       draw.line([x_of(tick), bottom, x_of(tick), bottom + 5], fill="black")
-      draw.text((x_of(tick) - 10, bottom + 10), f"{tick:g}", fill="black",
-                font=small)
+      draw.text(
+          (x_of(tick) - 10, bottom + 10), f"{tick:g}", fill="black", font=small
+      )
       tick += step
     for i, (variant, entry) in enumerate(rows):
       y = top + row_h * i + row_h / 2
@@ -289,8 +376,11 @@ def plot(study: dict[str, Any], path: str) -> None:
         value = claim.top1 if key.startswith("top1") else claim.top5
       if value is not None:
         c = x_of(value)
-        draw.polygon([(c, y - 8), (c + 6, y), (c, y + 8), (c - 6, y)],
-                     outline="red", fill=None)
+        draw.polygon(
+            [(c, y - 8), (c + 6, y), (c, y + 8), (c - 6, y)],
+            outline="red",
+            fill=None,
+        )
         if claim.relation == ">":
           draw.line([c + 6, y, c + 16, y], fill="red", width=2)
   image.save(path)

@@ -105,15 +105,39 @@ _SCHEMA = {
         ("bottom", 3, _T.TYPE_STRING, _REPEATED, None, False),
         ("top", 4, _T.TYPE_STRING, _REPEATED, None, False),
         ("blobs", 7, _T.TYPE_MESSAGE, _REPEATED, "BlobProto", False),
-        ("convolution_param", 106, _T.TYPE_MESSAGE, _OPTIONAL,
-         "ConvolutionParameter", False),
-        ("dropout_param", 108, _T.TYPE_MESSAGE, _OPTIONAL, "DropoutParameter",
-         False),
-        ("inner_product_param", 117, _T.TYPE_MESSAGE, _OPTIONAL,
-         "InnerProductParameter", False),
+        (
+            "convolution_param",
+            106,
+            _T.TYPE_MESSAGE,
+            _OPTIONAL,
+            "ConvolutionParameter",
+            False,
+        ),
+        (
+            "dropout_param",
+            108,
+            _T.TYPE_MESSAGE,
+            _OPTIONAL,
+            "DropoutParameter",
+            False,
+        ),
+        (
+            "inner_product_param",
+            117,
+            _T.TYPE_MESSAGE,
+            _OPTIONAL,
+            "InnerProductParameter",
+            False,
+        ),
         ("lrn_param", 118, _T.TYPE_MESSAGE, _OPTIONAL, "LRNParameter", False),
-        ("pooling_param", 121, _T.TYPE_MESSAGE, _OPTIONAL, "PoolingParameter",
-         False),
+        (
+            "pooling_param",
+            121,
+            _T.TYPE_MESSAGE,
+            _OPTIONAL,
+            "PoolingParameter",
+            False,
+        ),
     ],
     "V1LayerParameter": [
         # V0LayerParameter (Caffe before 2014), kept as bytes: only noticed.
@@ -123,15 +147,39 @@ _SCHEMA = {
         ("name", 4, _T.TYPE_STRING, _OPTIONAL, None, False),
         ("type", 5, _T.TYPE_INT32, _OPTIONAL, None, False),
         ("blobs", 6, _T.TYPE_MESSAGE, _REPEATED, "BlobProto", False),
-        ("convolution_param", 10, _T.TYPE_MESSAGE, _OPTIONAL,
-         "ConvolutionParameter", False),
-        ("dropout_param", 12, _T.TYPE_MESSAGE, _OPTIONAL, "DropoutParameter",
-         False),
-        ("inner_product_param", 17, _T.TYPE_MESSAGE, _OPTIONAL,
-         "InnerProductParameter", False),
+        (
+            "convolution_param",
+            10,
+            _T.TYPE_MESSAGE,
+            _OPTIONAL,
+            "ConvolutionParameter",
+            False,
+        ),
+        (
+            "dropout_param",
+            12,
+            _T.TYPE_MESSAGE,
+            _OPTIONAL,
+            "DropoutParameter",
+            False,
+        ),
+        (
+            "inner_product_param",
+            17,
+            _T.TYPE_MESSAGE,
+            _OPTIONAL,
+            "InnerProductParameter",
+            False,
+        ),
         ("lrn_param", 18, _T.TYPE_MESSAGE, _OPTIONAL, "LRNParameter", False),
-        ("pooling_param", 19, _T.TYPE_MESSAGE, _OPTIONAL, "PoolingParameter",
-         False),
+        (
+            "pooling_param",
+            19,
+            _T.TYPE_MESSAGE,
+            _OPTIONAL,
+            "PoolingParameter",
+            False,
+        ),
     ],
     "NetParameter": [
         ("name", 1, _T.TYPE_STRING, _OPTIONAL, None, False),
@@ -141,22 +189,60 @@ _SCHEMA = {
 }
 
 # caffe.proto's defaults for the fields read below (proto2 defaults).
-_DEFAULTS = {"bias_term": True, "group": 1, "stride": 1, "pad": 0,
-             "alpha": 1.0, "beta": 0.75, "k": 1.0, "local_size": 5,
-             "dropout_ratio": 0.5}
+_DEFAULTS = {
+    "bias_term": True,
+    "group": 1,
+    "stride": 1,
+    "pad": 0,
+    "alpha": 1.0,
+    "beta": 0.75,
+    "k": 1.0,
+    "local_size": 5,
+    "dropout_ratio": 0.5,
+}
 
 # V1LayerParameter.LayerType: the numbers of caffe.proto, current names.
 V1_LAYER_TYPES = {
-    0: "None", 35: "AbsVal", 1: "Accuracy", 30: "ArgMax", 2: "BNLL",
-    3: "Concat", 37: "ContrastiveLoss", 4: "Convolution", 5: "Data",
-    39: "Deconvolution", 6: "Dropout", 32: "DummyData", 7: "EuclideanLoss",
-    25: "Eltwise", 38: "Exp", 8: "Flatten", 9: "HDF5Data", 10: "HDF5Output",
-    28: "HingeLoss", 11: "Im2col", 12: "ImageData", 13: "InfogainLoss",
-    14: "InnerProduct", 15: "LRN", 29: "MemoryData",
-    16: "MultinomialLogisticLoss", 34: "MVN", 17: "Pooling", 26: "Power",
-    18: "ReLU", 19: "Sigmoid", 27: "SigmoidCrossEntropyLoss", 36: "Silence",
-    20: "Softmax", 21: "SoftmaxWithLoss", 22: "Split", 33: "Slice",
-    23: "TanH", 24: "WindowData", 31: "Threshold",
+    0: "None",
+    35: "AbsVal",
+    1: "Accuracy",
+    30: "ArgMax",
+    2: "BNLL",
+    3: "Concat",
+    37: "ContrastiveLoss",
+    4: "Convolution",
+    5: "Data",
+    39: "Deconvolution",
+    6: "Dropout",
+    32: "DummyData",
+    7: "EuclideanLoss",
+    25: "Eltwise",
+    38: "Exp",
+    8: "Flatten",
+    9: "HDF5Data",
+    10: "HDF5Output",
+    28: "HingeLoss",
+    11: "Im2col",
+    12: "ImageData",
+    13: "InfogainLoss",
+    14: "InnerProduct",
+    15: "LRN",
+    29: "MemoryData",
+    16: "MultinomialLogisticLoss",
+    34: "MVN",
+    17: "Pooling",
+    26: "Power",
+    18: "ReLU",
+    19: "Sigmoid",
+    27: "SigmoidCrossEntropyLoss",
+    36: "Silence",
+    20: "Softmax",
+    21: "SoftmaxWithLoss",
+    22: "Split",
+    33: "Slice",
+    23: "TanH",
+    24: "WindowData",
+    31: "Threshold",
 }
 
 # bvlc_alexnet's deploy network (as Caffe's model zoo describes it) as the
@@ -190,12 +276,27 @@ BVLC_ALEXNET = (
     ("drop7", "Dropout", (0.5,)),
     ("fc8", "InnerProduct", None),
 )
-PARAM_LAYERS = tuple(name for name, kind, _ in BVLC_ALEXNET
-                     if kind in ("Convolution", "InnerProduct"))
+PARAM_LAYERS = tuple(
+    name
+    for name, kind, _ in BVLC_ALEXNET
+    if kind in ("Convolution", "InnerProduct")
+)
 # Layers that do not change what the network computes at test time.
-PASSIVE_TYPES = ("Data", "Input", "ImageData", "MemoryData", "DummyData",
-                 "HDF5Data", "WindowData", "Split", "Silence", "Softmax",
-                 "SoftmaxWithLoss", "Accuracy", "ArgMax")
+PASSIVE_TYPES = (
+    "Data",
+    "Input",
+    "ImageData",
+    "MemoryData",
+    "DummyData",
+    "HDF5Data",
+    "WindowData",
+    "Split",
+    "Silence",
+    "Softmax",
+    "SoftmaxWithLoss",
+    "Accuracy",
+    "ArgMax",
+)
 
 MEAN_SHAPE = (3, 256, 256)  # imagenet_mean.binaryproto: BGR, CHW.
 
@@ -208,8 +309,8 @@ class CaffeFormatError(cli.UserError, ValueError):
 def _messages() -> dict[str, Any]:
   """The message classes of the schema subset, in a private pool."""
   proto = descriptor_pb2.FileDescriptorProto(
-      name="alexnet_jax/caffe_subset.proto", package="caffe",
-      syntax="proto2")
+      name="alexnet_jax/caffe_subset.proto", package="caffe", syntax="proto2"
+  )
   for name, fields in _SCHEMA.items():
     m = proto.message_type.add(name=name)
     for field, number, kind, label, type_name, packed in fields:
@@ -220,8 +321,12 @@ def _messages() -> dict[str, Any]:
         f.options.packed = True
   pool = descriptor_pool.DescriptorPool()
   pool.Add(proto)
-  return {name: message_factory.GetMessageClass(
-      pool.FindMessageTypeByName(f"caffe.{name}")) for name in _SCHEMA}
+  return {
+      name: message_factory.GetMessageClass(
+          pool.FindMessageTypeByName(f"caffe.{name}")
+      )
+      for name in _SCHEMA
+  }
 
 
 def net_parameter() -> Any:
@@ -237,6 +342,7 @@ def blob_proto() -> Any:
 @dataclasses.dataclass(frozen=True)
 class Layer:
   """One layer of a net, the same for both layouts."""
+
   name: str
   type: str
   blobs: tuple[np.ndarray, ...]
@@ -273,7 +379,8 @@ def blob_array(blob: Any, where: str) -> np.ndarray:
     raise CaffeFormatError(
         f"{where}: the blob of shape {shape} holds {values.size} values, "
         f"not {math.prod(shape)}: the file is truncated or damaged. "
-        "Download it again.")
+        "Download it again."
+    )
   return values.reshape(shape)
 
 
@@ -284,22 +391,32 @@ def _settings(kind: str, msg: Any) -> tuple[Any, ...] | None:
     kernel = _first(p.kernel_size, p.kernel_h)
     stride = _first(p.stride, p.stride_h if p.HasField("stride_h") else 1)
     pad = _first(p.pad, p.pad_h)
-    if (p.HasField("kernel_w") and p.kernel_w != kernel) or (
-        p.HasField("stride_w") and p.stride_w != stride) or (
-            p.HasField("pad_w") and p.pad_w != pad):
+    if (
+        (p.HasField("kernel_w") and p.kernel_w != kernel)
+        or (p.HasField("stride_w") and p.stride_w != stride)
+        or (p.HasField("pad_w") and p.pad_w != pad)
+    ):
       return ("non-square", kernel, stride, pad)
     return (kernel, stride, pad, _get(p, "group"))
   if kind == "LRN":
     p = msg.lrn_param
     if p.norm_region != 0:
       return ("WITHIN_CHANNEL",)
-    return (_get(p, "local_size"), round(float(_get(p, "alpha")), 9),
-            round(float(_get(p, "beta")), 6), round(float(_get(p, "k")), 6))
+    return (
+        _get(p, "local_size"),
+        round(float(_get(p, "alpha")), 9),
+        round(float(_get(p, "beta")), 6),
+        round(float(_get(p, "k")), 6),
+    )
   if kind == "Pooling":
     p = msg.pooling_param
     if p.pool != 0 or p.pad:
-      return ("AVE" if p.pool == 1 else "MAX" if p.pool == 0 else p.pool,
-              p.kernel_size, p.stride, p.pad)
+      return (
+          "AVE" if p.pool == 1 else "MAX" if p.pool == 0 else p.pool,
+          p.kernel_size,
+          p.stride,
+          p.pad,
+      )
     return (p.kernel_size, _get(p, "stride"))
   if kind == "Dropout":
     return (round(float(_get(msg.dropout_param, "dropout_ratio")), 6),)
@@ -307,11 +424,13 @@ def _settings(kind: str, msg: Any) -> tuple[Any, ...] | None:
 
 
 def _layer(msg: Any, legacy: bool) -> Layer:
-  kind = V1_LAYER_TYPES.get(msg.type, f"type {msg.type}") if legacy else (
-      msg.type)
+  kind = (
+      V1_LAYER_TYPES.get(msg.type, f"type {msg.type}") if legacy else (msg.type)
+  )
   where = f"layer {msg.name!r}"
-  blobs = tuple(blob_array(b, f"{where}, blob {i}")
-                for i, b in enumerate(msg.blobs))
+  blobs = tuple(
+      blob_array(b, f"{where}, blob {i}") for i, b in enumerate(msg.blobs)
+  )
   num_output = None
   if kind == "Convolution":
     num_output = msg.convolution_param.num_output
@@ -335,15 +454,20 @@ def parse_net(data: bytes, source: str) -> tuple[str, list[Layer], str]:
   if net.layer and net.layers:
     raise CaffeFormatError(
         f"{source} holds layers in both the current 'layer' and the legacy "
-        "'layers' field; Caffe itself refuses such a file.")
+        "'layers' field; Caffe itself refuses such a file."
+    )
   if net.layers:
     if any(m.HasField("layer") for m in net.layers):
       raise CaffeFormatError(
           f"{source} holds layers in Caffe's V0 format (before 2014), which "
           "this reader does not take; upgrade the file with Caffe's "
-          "upgrade_net_proto_binary tool.")
-    return net.name, [_layer(m, True) for m in net.layers], (
-        "layers (legacy V1)")
+          "upgrade_net_proto_binary tool."
+      )
+    return (
+        net.name,
+        [_layer(m, True) for m in net.layers],
+        ("layers (legacy V1)"),
+    )
   return net.name, [_layer(m, False) for m in net.layer], "layer"
 
 
@@ -355,21 +479,26 @@ def _read(path: str | os.PathLike[str], what: str) -> bytes:
     raise CaffeFormatError(f"{what}={os.fspath(path)}: {e.strerror}.") from None
 
 
-def expected_shapes(num_classes: int = 1000,
-                    conv_features: Sequence[int] = (96, 256, 384, 384, 256),
-                    fc_features: Sequence[int] = (4096, 4096),
-                    pool5_side: int = 6) -> dict[str, tuple[int, ...]]:
+def expected_shapes(
+    num_classes: int = 1000,
+    conv_features: Sequence[int] = (96, 256, 384, 384, 256),
+    fc_features: Sequence[int] = (4096, 4096),
+    pool5_side: int = 6,
+) -> dict[str, tuple[int, ...]]:
   """The Caffe-layout shapes of bvlc_alexnet (total widths, not per tower).
 
   The arguments describe a narrower net of the same structure (tests).
   """
-  groups = {name: s[3] for name, kind, s in BVLC_ALEXNET
-            if kind == "Convolution"}
-  kernels = {name: s[0] for name, kind, s in BVLC_ALEXNET
-             if kind == "Convolution"}
+  groups = {
+      name: s[3] for name, kind, s in BVLC_ALEXNET if kind == "Convolution"
+  }
+  kernels = {
+      name: s[0] for name, kind, s in BVLC_ALEXNET if kind == "Convolution"
+  }
   shapes, cin = {}, 3
-  for name, cout in zip(("conv1", "conv2", "conv3", "conv4", "conv5"),
-                        conv_features):
+  for name, cout in zip(
+      ("conv1", "conv2", "conv3", "conv4", "conv5"), conv_features
+  ):
     k = kernels[name]
     shapes[f"{name}.weight"] = (cout, cin // groups[name], k, k)
     shapes[f"{name}.bias"] = (cout,)
@@ -382,9 +511,11 @@ def expected_shapes(num_classes: int = 1000,
   return shapes
 
 
-def check_alexnet(layers: Sequence[Layer], source: str,
-                  shapes: dict[str, tuple[int, ...]] | None = None
-                  ) -> tuple[dict[str, np.ndarray], list[str]]:
+def check_alexnet(
+    layers: Sequence[Layer],
+    source: str,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> tuple[dict[str, np.ndarray], list[str]]:
   """Checks a parsed net against BVLC_ALEXNET; returns (arrays, notes).
 
   `arrays` are the Caffe-layout weights (weights.py); `notes` name every
@@ -401,8 +532,9 @@ def check_alexnet(layers: Sequence[Layer], source: str,
     if layer.type in PASSIVE_TYPES:
       continue  # (A train/test net may hold two "data" layers.)
     if layer.name in by_name:
-      raise CaffeFormatError(f"{source}: the layer name {layer.name!r} "
-                             "appears twice.")
+      raise CaffeFormatError(
+          f"{source}: the layer name {layer.name!r} " "appears twice."
+      )
     by_name[layer.name] = layer
   missing = [n for n in PARAM_LAYERS if n not in by_name]
   if missing:
@@ -410,7 +542,8 @@ def check_alexnet(layers: Sequence[Layer], source: str,
     raise CaffeFormatError(
         f"{source}: no layer {', '.join(repr(m) for m in missing)}: this is "
         "not bvlc_alexnet (layers with weights in the file: "
-        f"{', '.join(found) or 'none'}).")
+        f"{', '.join(found) or 'none'})."
+    )
   notes = []
   computing = []
   for layer in layers:
@@ -418,9 +551,12 @@ def check_alexnet(layers: Sequence[Layer], source: str,
       if layer.blobs:
         raise CaffeFormatError(
             f"{source}: layer {layer.name!r} ({layer.type}) holds "
-            f"{len(layer.blobs)} blob(s); bvlc_alexnet's has none.")
-      notes.append(f"{layer.name} ({layer.type}): no weights, not needed "
-                   "for inference")
+            f"{len(layer.blobs)} blob(s); bvlc_alexnet's has none."
+        )
+      notes.append(
+          f"{layer.name} ({layer.type}): no weights, not needed "
+          "for inference"
+      )
     else:
       computing.append(layer)
   expected = [(n, t, s) for n, t, s in BVLC_ALEXNET]
@@ -435,59 +571,70 @@ def check_alexnet(layers: Sequence[Layer], source: str,
           f"{before}, where bvlc_alexnet has {e[0]!r} ({e[1]}, settings "
           f"{e[2]}): another network. (Settings: convolution (kernel, "
           "stride, pad, group); LRN (local_size, alpha, beta, k); pooling "
-          "(kernel, stride); dropout (ratio).)")
+          "(kernel, stride); dropout (ratio).)"
+      )
   if len(got) != len(expected):
-    extra = [f"{n} ({t})" for n, t, _ in got[len(expected):]]
-    lacking = [f"{n} ({t})" for n, t, _ in expected[len(got):]]
+    extra = [f"{n} ({t})" for n, t, _ in got[len(expected) :]]
+    lacking = [f"{n} ({t})" for n, t, _ in expected[len(got) :]]
     raise CaffeFormatError(
         f"{source}: another network: "
-        + (f"layers after fc8 that bvlc_alexnet does not have: {extra}"
-           if extra else f"missing {lacking}") + ".")
+        + (
+            f"layers after fc8 that bvlc_alexnet does not have: {extra}"
+            if extra
+            else f"missing {lacking}"
+        )
+        + "."
+    )
   arrays = {}
   for name in PARAM_LAYERS:
     layer = by_name[name]
     if len(layer.blobs) != 2:
       raise CaffeFormatError(
           f"{source}: layer {name!r} holds {len(layer.blobs)} blob(s); "
-          "bvlc_alexnet's has 2 (weights, bias).")
+          "bvlc_alexnet's has 2 (weights, bias)."
+      )
     for blob, part in zip(layer.blobs, ("weight", "bias")):
       key = f"{name}.{part}"
       if blob.shape != shapes[key]:
         raise CaffeFormatError(
             f"{source}: layer {name!r} {part} has shape {blob.shape}; "
-            f"bvlc_alexnet's is {shapes[key]}.")
+            f"bvlc_alexnet's is {shapes[key]}."
+        )
       arrays[key] = np.ascontiguousarray(blob, np.float32)
     if layer.num_output != shapes[f"{name}.bias"][0]:
       raise CaffeFormatError(
           f"{source}: layer {name!r} says num_output {layer.num_output} "
-          f"but holds {shapes[f'{name}.bias'][0]} outputs.")
+          f"but holds {shapes[f'{name}.bias'][0]} outputs."
+      )
   return arrays, notes
 
 
 @dataclasses.dataclass
 class Conversion:
   """What `read_alexnet` found."""
+
   arrays: dict[str, np.ndarray]
   net_name: str
   layout: str
   notes: list[str]
 
   def report(self) -> str:
-    lines = [f"network {self.net_name!r}, layers in the {self.layout} "
-             "field"]
+    lines = [f"network {self.net_name!r}, layers in the {self.layout} " "field"]
     groups = {n: s[3] for n, t, s in BVLC_ALEXNET if t == "Convolution"}
     for name in PARAM_LAYERS:
       w, b = self.arrays[f"{name}.weight"], self.arrays[f"{name}.bias"]
       group = f", group {groups[name]}" if name in groups else ""
-      lines.append(f"  {name}: weight {list(w.shape)}, bias "
-                   f"{list(b.shape)}{group}")
+      lines.append(
+          f"  {name}: weight {list(w.shape)}, bias " f"{list(b.shape)}{group}"
+      )
     lines += [f"  passed over: {n}" for n in self.notes]
     return "\n".join(lines)
 
 
-def read_alexnet(path: str | os.PathLike[str],
-                 shapes: dict[str, tuple[int, ...]] | None = None
-                 ) -> Conversion:
+def read_alexnet(
+    path: str | os.PathLike[str],
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> Conversion:
   """Reads a bvlc_alexnet `.caffemodel` (see the module docstring)."""
   source = os.fspath(path)
   name, layers, layout = parse_net(_read(path, "--caffemodel"), source)
@@ -495,8 +642,9 @@ def read_alexnet(path: str | os.PathLike[str],
   return Conversion(arrays, name, layout, notes)
 
 
-def read_mean(path: str | os.PathLike[str],
-              shape: tuple[int, int, int] = MEAN_SHAPE) -> np.ndarray:
+def read_mean(
+    path: str | os.PathLike[str], shape: tuple[int, int, int] = MEAN_SHAPE
+) -> np.ndarray:
   """imagenet_mean.binaryproto -> float32 [256, 256, 3], RGB, 0-255 scale.
 
   Caffe's mean image is a BlobProto of 1 x 3 x 256 x 256 in BGR order; the
@@ -510,12 +658,14 @@ def read_mean(path: str | os.PathLike[str],
     raise CaffeFormatError(
         f"{source} is not a readable Caffe BlobProto ({e}): the file is "
         "truncated or damaged, or not a .binaryproto mean. Download it "
-        "again.") from None
+        "again."
+    ) from None
   values = blob_array(blob, source)
   if values.ndim == 4 and values.shape[0] == 1:  # 1 x 3 x 256 x 256.
     values = values[0]
   if values.shape != shape:
     raise CaffeFormatError(
         f"{source}: the mean blob has shape {values.shape}; Caffe's "
-        f"ImageNet mean is {shape} (BGR x height x width).")
+        f"ImageNet mean is {shape} (BGR x height x width)."
+    )
   return np.ascontiguousarray(values[::-1].transpose(1, 2, 0), np.float32)

@@ -98,7 +98,8 @@ def _is_key(x: Any) -> bool:
 def _keys_to_data(tree: PyTree) -> PyTree:
   """Replaces every typed key array of `tree` by its uint32 key data."""
   return jax.tree.map(
-      lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+      lambda x: jax.random.key_data(x) if _is_key(x) else x, tree
+  )
 
 
 def _key_impl(x: Any) -> str:
@@ -113,23 +114,31 @@ def _data_to_keys(tree: PyTree, template: PyTree) -> PyTree:
   """Wraps key data back into typed keys where `template` has keys."""
   return jax.tree.map(
       lambda x, t: jax.random.wrap_key_data(x, impl=_key_impl(t))
-      if _is_key(t) else x, tree, template)
+      if _is_key(t)
+      else x,
+      tree,
+      template,
+  )
 
 
 def _abstract_target(template: PyTree, shardings: PyTree | None) -> PyTree:
   """ShapeDtypeStructs with shardings, key arrays replaced by key data."""
   if shardings is None:
     shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), template)
-    if any(s is None for s in jax.tree.leaves(
-        shardings, is_leaf=lambda s: s is None)):
+    if any(
+        s is None
+        for s in jax.tree.leaves(shardings, is_leaf=lambda s: s is None)
+    ):
       raise ValueError(
           "restore_or needs the target shardings: pass `shardings`, or a "
-          "template of jax.Arrays / ShapeDtypeStructs that carry them.")
+          "template of jax.Arrays / ShapeDtypeStructs that carry them."
+      )
 
   def abstract(x, sharding):
     if _is_key(x):
-      data = jax.eval_shape(jax.random.key_data,
-                            jax.ShapeDtypeStruct(x.shape, x.dtype))
+      data = jax.eval_shape(
+          jax.random.key_data, jax.ShapeDtypeStruct(x.shape, x.dtype)
+      )
       # The key data has one trailing axis more; a NamedSharding's spec
       # leaves it whole, which is what the key needs.
       return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=sharding)
@@ -164,12 +173,19 @@ def _shapes_by_path(tree: PyTree) -> dict[str, tuple[int, ...]]:
 def _check_compatible(stored: PyTree, target: PyTree, where: str) -> None:
   """Raises CheckpointMismatchError if the trees' arrays differ in shape."""
   have, want = _shapes_by_path(stored), _shapes_by_path(target)
-  problems = [f"  {p}: missing in the checkpoint" for p in want
-              if p not in have]
-  problems += [f"  {p}: in the checkpoint but not in the model"
-               for p in have if p not in want]
-  problems += [f"  {p}: checkpoint {have[p]}, config {want[p]}"
-               for p in want if p in have and have[p] != want[p]]
+  problems = [
+      f"  {p}: missing in the checkpoint" for p in want if p not in have
+  ]
+  problems += [
+      f"  {p}: in the checkpoint but not in the model"
+      for p in have
+      if p not in want
+  ]
+  problems += [
+      f"  {p}: checkpoint {have[p]}, config {want[p]}"
+      for p in want
+      if p in have and have[p] != want[p]
+  ]
   if problems:
     listed = problems[:_MAX_LISTED]
     if len(problems) > _MAX_LISTED:
@@ -177,9 +193,11 @@ def _check_compatible(stored: PyTree, target: PyTree, where: str) -> None:
     raise CheckpointMismatchError(
         f"{where} holds a checkpoint of a different model than the one this "
         f"config builds ({len(problems)} array(s) differ):\n"
-        + "\n".join(listed) + "\n"
+        + "\n".join(listed)
+        + "\n"
         "To start a new run, use a new workdir; to continue this one, use "
-        "the config it was started with.")
+        "the config it was started with."
+    )
 
 
 def _json_snapshot(extra: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -198,7 +216,8 @@ def _json_snapshot(extra: Mapping[str, Any] | None) -> dict[str, Any]:
     raise TypeError(
         f"checkpoint `extra` must be JSON-serializable (dicts, lists, str, "
         f"Python numbers and bools); convert arrays with float()/int() or "
-        f".tolist(): {e}") from e
+        f".tolist(): {e}"
+    ) from e
 
 
 class Checkpointer:
@@ -208,10 +227,14 @@ class Checkpointer:
   order (orbax synchronizes processes inside them).
   """
 
-  def __init__(self, workdir: str | os.PathLike[str], *,
-               max_to_keep: int | None = 3,
-               save_interval_steps: int = 1000,
-               async_save: bool = True):
+  def __init__(
+      self,
+      workdir: str | os.PathLike[str],
+      *,
+      max_to_keep: int | None = 3,
+      save_interval_steps: int = 1000,
+      async_save: bool = True,
+  ):
     """Opens (creating if needed) `<workdir>/checkpoints`.
 
     Args:
@@ -223,7 +246,8 @@ class Checkpointer:
     """
     if save_interval_steps < 1:
       raise ValueError(
-          f"save_interval_steps={save_interval_steps} must be >= 1.")
+          f"save_interval_steps={save_interval_steps} must be >= 1."
+      )
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f"max_to_keep={max_to_keep} must be >= 1 or None.")
     policies = ocp.checkpoint_managers
@@ -233,10 +257,12 @@ class Checkpointer:
         # also save the very first step of a fresh run; ours saves only on
         # the interval, at the multi-host preemption sync point, or when
         # the caller forces it.
-        save_decision_policy=policies.AnySavePolicy([
-            policies.FixedIntervalPolicy(save_interval_steps),
-            policies.PreemptionCheckpointingPolicy(),
-        ]),
+        save_decision_policy=policies.AnySavePolicy(
+            [
+                policies.FixedIntervalPolicy(save_interval_steps),
+                policies.PreemptionCheckpointingPolicy(),
+            ]
+        ),
         preservation_policy=policies.LatestN(max_to_keep),
         # Deletes `<step>.orbax-checkpoint-tmp` directories that a killed
         # run left behind, before the first save (which would otherwise
@@ -254,7 +280,8 @@ class Checkpointer:
     registry.add(_EXTRA, ocp.args.JsonRestore)
     self._directory = os.path.join(os.fspath(workdir), CHECKPOINT_SUBDIR)
     self._manager = ocp.CheckpointManager(
-        self._directory, options=options, handler_registry=registry)
+        self._directory, options=options, handler_registry=registry
+    )
 
   @property
   def directory(self) -> str:
@@ -267,9 +294,14 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: PyTree,
-           extra: Mapping[str, Any] | None = None, *,
-           force: bool = False) -> bool:
+  def save(
+      self,
+      step: int,
+      state: PyTree,
+      extra: Mapping[str, Any] | None = None,
+      *,
+      force: bool = False,
+  ) -> bool:
     """Saves `state` and `extra` as checkpoint `step` if it is time to.
 
     Args:
@@ -287,19 +319,24 @@ class Checkpointer:
     step = int(step)
     if force and step in self._manager.all_steps():
       return False
-    args = ocp.args.Composite(**{
-        _STATE: ocp.args.StandardSave(_keys_to_data(state)),
-        _EXTRA: ocp.args.JsonSave(_json_snapshot(extra)),
-    })
+    args = ocp.args.Composite(
+        **{
+            _STATE: ocp.args.StandardSave(_keys_to_data(state)),
+            _EXTRA: ocp.args.JsonSave(_json_snapshot(extra)),
+        }
+    )
     saved = self._manager.save(step, args=args, force=force)
     if saved:
-      logging.info("Saving checkpoint of step %d to %s.", step,
-                   self._directory)
+      logging.info("Saving checkpoint of step %d to %s.", step, self._directory)
     return saved
 
-  def restore_or(self, state_template: PyTree, shardings: PyTree | None = None,
-                 *, step: int | None = None
-                 ) -> tuple[PyTree, dict[str, Any] | None]:
+  def restore_or(
+      self,
+      state_template: PyTree,
+      shardings: PyTree | None = None,
+      *,
+      step: int | None = None,
+  ) -> tuple[PyTree, dict[str, Any] | None]:
     """Restores the latest checkpoint, or returns the template unchanged.
 
     Args:
@@ -330,34 +367,44 @@ class Checkpointer:
       stored = stored[_STATE] if stored is not None else None
       if stored is not None:
         _check_compatible(getattr(stored, "tree", stored), target, where)
-      restored = self._manager.restore(step, args=ocp.args.Composite(**{
-          _STATE: ocp.args.StandardRestore(target),
-          _EXTRA: ocp.args.JsonRestore(),
-      }))
+      restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+              **{
+                  _STATE: ocp.args.StandardRestore(target),
+                  _EXTRA: ocp.args.JsonRestore(),
+              }
+          ),
+      )
     except CheckpointMismatchError:
       raise
     except Exception as e:  # pylint: disable=broad-exception-caught
       # orbax and tensorstore report damaged files with many exception
       # types; none of them means "start over", so none is swallowed.
       raise self._unreadable(step, e) from e
-    logging.info("Restored checkpoint of step %d from %s.", step,
-                 self._directory)
+    logging.info(
+        "Restored checkpoint of step %d from %s.", step, self._directory
+    )
     state = _data_to_keys(restored[_STATE], state_template)
     return state, dict(restored[_EXTRA])
 
-  def _unreadable(self, step: int, error: Exception
-                  ) -> CheckpointUnreadableError:
+  def _unreadable(
+      self, step: int, error: Exception
+  ) -> CheckpointUnreadableError:
     path = os.path.join(self._directory, str(step))
     earlier = [s for s in self.all_steps() if s < step]
-    todo = (f"To resume from step {earlier[-1]} (the previous checkpoint), "
-            f"move {path} out of {self._directory} and rerun"
-            if earlier else
-            "There is no earlier checkpoint: move it away, or use a new "
-            "workdir, to start over")
+    todo = (
+        f"To resume from step {earlier[-1]} (the previous checkpoint), "
+        f"move {path} out of {self._directory} and rerun"
+        if earlier
+        else "There is no earlier checkpoint: move it away, or use a new "
+        "workdir, to start over"
+    )
     return CheckpointUnreadableError(
         f"the checkpoint of step {step} at {path} cannot be read (its files "
         f"were damaged after it was written: {type(error).__name__}: "
-        f"{str(error)[:300]}). Nothing was changed. {todo}.")
+        f"{str(error)[:300]}). Nothing was changed. {todo}."
+    )
 
   def wait(self) -> None:
     """Blocks until every started save is committed to disk."""
@@ -430,8 +477,7 @@ class PreemptionFlag:
   Install from the main thread (Python delivers signals there).
   """
 
-  def __init__(self, signals: Sequence[int] = (signal.SIGTERM,
-                                               signal.SIGINT)):
+  def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)):
     self._signals = tuple(signals)
     self._received: int | None = None
     self._previous: dict[int, Any] = {}
@@ -441,8 +487,11 @@ class PreemptionFlag:
     """Installs the handlers (single process); returns self."""
     self._multiprocess = jax.process_count() > 1
     if self._multiprocess:
-      logging.info("Preemption: %d processes; leaving SIGTERM to JAX's "
-                   "preemption service.", jax.process_count())
+      logging.info(
+          "Preemption: %d processes; leaving SIGTERM to JAX's "
+          "preemption service.",
+          jax.process_count(),
+      )
       return self
     for signum in self._signals:
       self._previous[signum] = signal.signal(signum, self._handle)
@@ -471,8 +520,11 @@ class PreemptionFlag:
     self._received = signum
     # Logging from a signal handler is safe here: Python runs the handler
     # in the main thread between bytecodes, not in the C signal context.
-    logging.warning("%s received: saving a checkpoint and stopping at the "
-                    "next step boundary.", name)
+    logging.warning(
+        "%s received: saving a checkpoint and stopping at the "
+        "next step boundary.",
+        name,
+    )
 
   def set(self) -> None:
     """Requests a stop as if a signal had come (e.g. a time limit).

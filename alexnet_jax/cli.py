@@ -66,8 +66,11 @@ def setup_devices(config: ml_collections.ConfigDict) -> None:
 
 def _message(error: BaseException) -> str:
   """The text of an exception; KeyError's repr quotes are taken off."""
-  text = error.args[0] if error.args and isinstance(error.args[0], str) else (
-      str(error))
+  text = (
+      error.args[0]
+      if error.args and isinstance(error.args[0], str)
+      else (str(error))
+  )
   while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
     text = text[1:-1].replace("\\'", "'").replace("\\n", "\n")
   return text.replace("\n", " ")
@@ -105,16 +108,18 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     text = str(e)
     if "Traceback" in text:  # A config file that failed to load.
-      config = next((a for a in argv[1:] if a.startswith("--config=")),
-                    "--config")
+      config = next(
+          (a for a in argv[1:] if a.startswith("--config=")), "--config"
+      )
       fail(f"{config}: {_cause(text)}")
     fail(f"{text}. Run with --help for the flags.")
   except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
     message = _message(e)
     culprit = _culprit(argv, message)
     if culprit is None:
-      culprit = next((a for a in argv[1:] if a.startswith("--config")),
-                     "--config")
+      culprit = next(
+          (a for a in argv[1:] if a.startswith("--config")), "--config"
+      )
     fail(f"{culprit}: {message}")
 
 
@@ -142,8 +147,10 @@ class _QuietLibraries(logging_std.Filter):
   def filter(self, record: logging_std.LogRecord) -> bool:
     if record.levelno >= logging_std.WARNING:
       return True
-    return not any(f"{os.sep}{name}{os.sep}" in record.pathname
-                   for name in ("orbax", "tensorflow_datasets"))
+    return not any(
+        f"{os.sep}{name}{os.sep}" in record.pathname
+        for name in ("orbax", "tensorflow_datasets")
+    )
 
 
 def quiet_library_logs() -> None:
@@ -152,8 +159,10 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
-def run(main: Callable[[list[str]], Any],
-        user_errors: tuple[type[BaseException], ...] = ()) -> None:
+def run(
+    main: Callable[[list[str]], Any],
+    user_errors: tuple[type[BaseException], ...] = (),
+) -> None:
   """`app.run(main)` with clean messages for user errors (see the module).
 
   `user_errors`: more exception types whose message is meant for the user

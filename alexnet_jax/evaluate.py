@@ -33,20 +33,32 @@ from alexnet_jax import weights
 from alexnet_jax.data import release
 
 _WORKDIRS = flags.DEFINE_multi_string(
-    "workdir", None, "Training workdir(s); several = an ensemble that "
-    "averages their softmax outputs.")
+    "workdir",
+    None,
+    "Training workdir(s); several = an ensemble that "
+    "averages their softmax outputs.",
+)
 _NPZ = flags.DEFINE_string("npz", None, "Weights in the Caffe layout (.npz).")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config of the --npz model (and its data).",
-    lock_config=True)
-_CHANNELS = flags.DEFINE_enum("input_channels", "rgb", ["rgb", "bgr"],
-                              "Channel order the --npz conv1 expects.")
+    "config",
+    None,
+    "Config of the --npz model (and its data).",
+    lock_config=True,
+)
+_CHANNELS = flags.DEFINE_enum(
+    "input_channels",
+    "rgb",
+    ["rgb", "bgr"],
+    "Channel order the --npz conv1 expects.",
+)
 _SPLIT = flags.DEFINE_string("split", "validation", "Split to evaluate.")
-_CROPS = flags.DEFINE_list("crops", "center,ten",
-                           "center (1 crop) and/or ten (the 10 patches).")
+_CROPS = flags.DEFINE_list(
+    "crops", "center,ten", "center (1 crop) and/or ten (the 10 patches)."
+)
 _MESH_DATA = flags.DEFINE_integer("mesh_data", -1, "Data axis of the mesh.")
 _MESH_MODEL = flags.DEFINE_integer(
-    "mesh_model", 1, "Model axis of the mesh (any, whatever trained it).")
+    "mesh_model", 1, "Model axis of the mesh (any, whatever trained it)."
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Write the results (JSON).")
 
 
@@ -61,8 +73,7 @@ def main(argv: Sequence[str]) -> None:
     raise cli.UserError("give --workdir (one or more) and/or --npz.")
   for c in _CROPS.value:
     if c not in eval_lib.CROPS:
-      raise cli.UserError(
-          f"--crops: {c!r} is not one of {eval_lib.CROPS}.")
+      raise cli.UserError(f"--crops: {c!r} is not one of {eval_lib.CROPS}.")
   if _NPZ.value and cli.config_value(_CONFIG) is None:
     raise cli.UserError("--npz needs --config (the model it fits).")
   if _NPZ.value and not os.path.isfile(_NPZ.value):
@@ -74,8 +85,11 @@ def main(argv: Sequence[str]) -> None:
   config_validation.validate_mean_image_file(configs[0])
   eval_lib.check_ensemble(configs)
   cli.setup_devices(configs[0])
-  mesh = parallel.make_mesh(_MESH_DATA.value, _MESH_MODEL.value,
-                            num_towers=configs[0].model.num_towers)
+  mesh = parallel.make_mesh(
+      _MESH_DATA.value,
+      _MESH_MODEL.value,
+      num_towers=configs[0].model.num_towers,
+  )
   members = []
   if _NPZ.value:
     shapes = model_lib.param_shapes(configs[0].model)
@@ -86,7 +100,8 @@ def main(argv: Sequence[str]) -> None:
     except (OSError, ValueError, zipfile.BadZipFile) as e:
       raise cli.UserError(
           f"--npz={_NPZ.value} is not a readable .npz file ({e}). Give "
-          "weights written by alexnet_jax.weights.export_npz.") from None
+          "weights written by alexnet_jax.weights.export_npz."
+      ) from None
     shardings = parallel.named_shardings(mesh, parallel.param_specs(shapes))
     members.append((configs[0], jax.device_put(host, shardings)))
   for workdir in _WORKDIRS.value or ():
@@ -96,17 +111,24 @@ def main(argv: Sequence[str]) -> None:
     members.append((config, params))
   try:
     data = run_data.Data(configs[0], mesh)
-    results = {_SPLIT.value: {
-        c: eval_lib.evaluate(members, mesh,
-                             data.eval_batches(_SPLIT.value, c))
-        for c in _CROPS.value}}
+    results = {
+        _SPLIT.value: {
+            c: eval_lib.evaluate(
+                members, mesh, data.eval_batches(_SPLIT.value, c)
+            )
+            for c in _CROPS.value
+        }
+    }
   except release.Ilsvrc2010Error as e:  # Preparing the data.
     raise cli.UserError(str(e)) from None
   print(eval_lib.format_table(results))
   if _OUTPUT.value and jax.process_index() == 0:
     with open(_OUTPUT.value, "w") as f:
-      json.dump(dict(workdirs=_WORKDIRS.value or [], npz=_NPZ.value,
-                     results=results), f, indent=2)
+      json.dump(
+          dict(workdirs=_WORKDIRS.value or [], npz=_NPZ.value, results=results),
+          f,
+          indent=2,
+      )
     print(f"wrote {_OUTPUT.value}")
 
 

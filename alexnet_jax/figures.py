@@ -53,17 +53,23 @@ def color_summary(kernel: np.ndarray) -> dict[str, Any]:
   shares = color_share(kernel)  # [towers, kernels]
   return dict(
       metric="share of conv1 kernel energy off the grey axis (0 grey, 1 "
-             "pure color; random 2/3)",
+      "pure color; random 2/3)",
       tower_mean=[float(v) for v in shares.mean(-1)],
       tower_median=[float(v) for v in np.median(shares, -1)],
-      per_kernel=[[round(float(v), 4) for v in t] for t in shares])
+      per_kernel=[[round(float(v), 4) for v in t] for t in shares],
+  )
 
 
 LABEL_HEIGHT = 18  # Pixels of the label line above each tower's kernels.
 
 
-def conv1_grid(kernel: np.ndarray, scale: int = 4, columns: int | None = None,
-               pad: int = 1, labels: list[str] | None = None) -> np.ndarray:
+def conv1_grid(
+    kernel: np.ndarray,
+    scale: int = 4,
+    columns: int | None = None,
+    pad: int = 1,
+    labels: list[str] | None = None,
+) -> np.ndarray:
   """The conv1 kernels as one RGB picture laid out like the paper's Figure 3.
 
   Each tower's kernels fill their own block of rows, tower 0 above tower 1
@@ -99,19 +105,25 @@ def conv1_grid(kernel: np.ndarray, scale: int = 4, columns: int | None = None,
       r, c = divmod(i, columns)
       top = t * (block_h + gap) + label_h + r * cell_h
       left = c * cell_w
-      grid[top:top + kh * scale, left:left + kw * scale] = np.round(k * 255)
+      grid[top : top + kh * scale, left : left + kw * scale] = np.round(k * 255)
   if labels:
     image = Image.fromarray(grid)
     draw = ImageDraw.Draw(image)
     for t, label in enumerate(labels):
-      draw.text((2, t * (block_h + gap) + label_h // 2), label, "black",
-                font(12), anchor="lm")
+      draw.text(
+          (2, t * (block_h + gap) + label_h // 2),
+          label,
+          "black",
+          font(12),
+          anchor="lm",
+      )
     grid = np.asarray(image)
   return grid
 
 
-def write_conv1(writer: summaries.SummaryWriter, workdir: str, params: Any,
-                step: int) -> dict[str, Any]:
+def write_conv1(
+    writer: summaries.SummaryWriter, workdir: str, params: Any, step: int
+) -> dict[str, Any]:
   """Writes `workdir/conv1.png` and the TensorBoard image.
 
   Call it on every process: the kernel's towers may live on several hosts.
@@ -120,17 +132,21 @@ def write_conv1(writer: summaries.SummaryWriter, workdir: str, params: Any,
     `color_summary` of the kernels (for results.json) with the PNG's path
     under "png".
   """
-  kernel = multihost_utils.process_allgather(params["conv1"]["kernel"],
-                                             tiled=True)
+  kernel = multihost_utils.process_allgather(
+      params["conv1"]["kernel"], tiled=True
+  )
   summary = color_summary(kernel)
-  labels = [f"tower {t}: color share {v:.2f}"
-            for t, v in enumerate(summary["tower_mean"])]
+  labels = [
+      f"tower {t}: color share {v:.2f}"
+      for t, v in enumerate(summary["tower_mean"])
+  ]
   grid = conv1_grid(kernel, labels=labels)
   path = os.path.join(workdir, "conv1.png")
   if jax.process_index() == 0:
     Image.fromarray(grid).save(path)
   writer.image(step, "conv1_kernels", grid)
   return dict(png=path, **summary)
+
 
 # ---------------------------------------------------------------------------
 # Plain PIL drawing for the figure commands (relu_vs_tanh, neighbors): no
@@ -146,8 +162,9 @@ def font(size: int = 14) -> ImageFont.ImageFont:
     return ImageFont.load_default()
 
 
-def _dashed_line(draw: ImageDraw.ImageDraw, points, fill, width: int,
-                 dash: int, gap: int) -> None:
+def _dashed_line(
+    draw: ImageDraw.ImageDraw, points, fill, width: int, dash: int, gap: int
+) -> None:
   """A polyline drawn in dashes of `dash` pixels separated by `gap`."""
   on, left = True, dash
   for (x0, y0), (x1, y1) in zip(points[:-1], points[1:]):
@@ -157,9 +174,14 @@ def _dashed_line(draw: ImageDraw.ImageDraw, points, fill, width: int,
       step = min(left, length - pos)
       if on:
         a, b = pos / length, (pos + step) / length
-        draw.line([(x0 + a * (x1 - x0), y0 + a * (y1 - y0)),
-                   (x0 + b * (x1 - x0), y0 + b * (y1 - y0))], fill=fill,
-                  width=width)
+        draw.line(
+            [
+                (x0 + a * (x1 - x0), y0 + a * (y1 - y0)),
+                (x0 + b * (x1 - x0), y0 + b * (y1 - y0)),
+            ],
+            fill=fill,
+            width=width,
+        )
       pos += step
       left -= step
       if left <= 0:
@@ -170,11 +192,16 @@ def _dashed_line(draw: ImageDraw.ImageDraw, points, fill, width: int,
 LINE_STYLES = dict(solid=None, dashed=(10, 6), dotted=(2, 4))
 
 
-def line_plot(series: list[dict[str, Any]], *,
-              hlines: list[tuple[float, str]] = (), xlabel: str = "",
-              ylabel: str = "", title: str = "",
-              y_range: tuple[float, float] | None = None,
-              size: tuple[int, int] = (640, 440)) -> np.ndarray:
+def line_plot(
+    series: list[dict[str, Any]],
+    *,
+    hlines: list[tuple[float, str]] = (),
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    y_range: tuple[float, float] | None = None,
+    size: tuple[int, int] = (640, 440),
+) -> np.ndarray:
   """A line chart as uint8 [H, W, 3].
 
   Args:
@@ -193,12 +220,13 @@ def line_plot(series: list[dict[str, Any]], *,
   xs = [v for s in series for v in s["x"]] or [0.0, 1.0]
   ys = [v for s in series for v in s["y"]] or [0.0, 1.0]
   x0, x1 = 0.0, max(max(xs), 1e-9)
-  y0, y1 = y_range or (min(ys), max(ys) if max(ys) > min(ys) else
-                       min(ys) + 1.0)
+  y0, y1 = y_range or (min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1.0)
 
   def px(x, y):
-    return (left + (x - x0) / (x1 - x0) * (width - left - right),
-            height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom))
+    return (
+        left + (x - x0) / (x1 - x0) * (width - left - right),
+        height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom),
+    )
 
   # Axes, ticks and tick labels (5 intervals on each axis).
   draw.rectangle([left, top, width - right, height - bottom], outline="black")
@@ -206,19 +234,30 @@ def line_plot(series: list[dict[str, Any]], *,
     xv, yv = x0 + i * (x1 - x0) / 5, y0 + i * (y1 - y0) / 5
     (tx, _), (_, ty) = px(xv, y0), px(x0, yv)
     draw.line([(tx, height - bottom), (tx, height - bottom + 5)], "black")
-    draw.text((tx, height - bottom + 8), f"{xv:.3g}", "black", small,
-              anchor="mt")
+    draw.text(
+        (tx, height - bottom + 8), f"{xv:.3g}", "black", small, anchor="mt"
+    )
     draw.line([(left - 5, ty), (left, ty)], "black")
     draw.text((left - 8, ty), f"{yv:.3g}", "black", small, anchor="rm")
-  draw.text(((left + width - right) / 2, height - 18), xlabel, "black",
-            large, anchor="mm")
+  draw.text(
+      ((left + width - right) / 2, height - 18),
+      xlabel,
+      "black",
+      large,
+      anchor="mm",
+  )
   draw.text((8, top - 22), ylabel, "black", large, anchor="lm")
   draw.text((width / 2, 14), title, "black", large, anchor="mm")
   for y, label in hlines:
     points = [px(x0, y), px(x1, y)]
     _dashed_line(draw, points, (128, 128, 128), 1, *LINE_STYLES["dotted"])
-    draw.text((points[1][0] - 4, points[1][1] - 3), label, (96, 96, 96),
-              small, anchor="rb")
+    draw.text(
+        (points[1][0] - 4, points[1][1] - 3),
+        label,
+        (96, 96, 96),
+        small,
+        anchor="rb",
+    )
   for s in series:
     points = [px(x, min(max(y, y0), y1)) for x, y in zip(s["x"], s["y"])]
     style = LINE_STYLES[s.get("style", "solid")]

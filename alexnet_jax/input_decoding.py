@@ -28,8 +28,9 @@ def _hide_accelerators_from_tensorflow() -> None:
     except (RuntimeError, ValueError) as e:
       # RuntimeError: TF already initialized its devices (someone used TF
       # before importing us); ValueError: no such device type in this build.
-      logging.warning("Could not hide %s devices from TensorFlow: %s",
-                      device_type, e)
+      logging.warning(
+          "Could not hide %s devices from TensorFlow: %s", device_type, e
+      )
 
 
 _hide_accelerators_from_tensorflow()
@@ -51,12 +52,14 @@ def _is_prepared_jpeg(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     shape = tf.image.extract_jpeg_shape(image_bytes)
     return tf.logical_and(shape[0] == image_size, shape[1] == image_size)
 
-  return tf.cond(tf.io.is_jpeg(image_bytes), has_prepared_size,
-                 lambda: tf.constant(False))
+  return tf.cond(
+      tf.io.is_jpeg(image_bytes), has_prepared_size, lambda: tf.constant(False)
+  )
 
 
-def _rescale_and_center_crop(image_bytes: tf.Tensor,
-                             image_size: int) -> tf.Tensor:
+def _rescale_and_center_crop(
+    image_bytes: tf.Tensor, image_size: int
+) -> tf.Tensor:
   """Decodes any image, rescales the shorter side, takes the central square.
 
   The paper's data preparation (§2), for builders that store original-size
@@ -65,18 +68,18 @@ def _rescale_and_center_crop(image_bytes: tf.Tensor,
   image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
   scale = image_size / tf.reduce_min(shape)
-  new_shape = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32),
-                         image_size)
+  new_shape = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), image_size)
   image = tf.image.resize(image, new_shape, method="bilinear", antialias=True)
   top = (new_shape[0] - image_size) // 2
   left = (new_shape[1] - image_size) // 2
-  image = image[top:top + image_size, left:left + image_size]
+  image = image[top : top + image_size, left : left + image_size]
   image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
   return tf.ensure_shape(image, (image_size, image_size, 3))
 
 
-def decode_prepared(image_bytes: tf.Tensor, image_size: int,
-                     prepared: bool | None) -> tf.Tensor:
+def decode_prepared(
+    image_bytes: tf.Tensor, image_size: int, prepared: bool | None
+) -> tf.Tensor:
   """uint8 [s, s, 3]: the whole prepared image.
 
   Args:
@@ -87,18 +90,27 @@ def decode_prepared(image_bytes: tf.Tensor, image_size: int,
   """
 
   def decode():
-    return tf.ensure_shape(tf.io.decode_jpeg(image_bytes, channels=3),
-                           (image_size, image_size, 3))
+    return tf.ensure_shape(
+        tf.io.decode_jpeg(image_bytes, channels=3), (image_size, image_size, 3)
+    )
 
   if prepared:
     return decode()
-  return tf.cond(_is_prepared_jpeg(image_bytes, image_size), decode,
-                 lambda: _rescale_and_center_crop(image_bytes, image_size))
+  return tf.cond(
+      _is_prepared_jpeg(image_bytes, image_size),
+      decode,
+      lambda: _rescale_and_center_crop(image_bytes, image_size),
+  )
 
 
-def decode_window(image_bytes: tf.Tensor, top: tf.Tensor, left: tf.Tensor,
-                   size: int, image_size: int,
-                   prepared: bool | None) -> tf.Tensor:
+def decode_window(
+    image_bytes: tf.Tensor,
+    top: tf.Tensor,
+    left: tf.Tensor,
+    size: int,
+    image_size: int,
+    prepared: bool | None,
+) -> tf.Tensor:
   """uint8 [size, size, 3]: one window of the prepared image.
 
   For prepared JPEGs only the window is decoded (`decode_and_crop_jpeg`
@@ -109,20 +121,23 @@ def decode_window(image_bytes: tf.Tensor, top: tf.Tensor, left: tf.Tensor,
     window = tf.stack([top, left, size, size])
     return tf.ensure_shape(
         tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3),
-        (size, size, 3))
+        (size, size, 3),
+    )
 
   def slice_window():
     image = _rescale_and_center_crop(image_bytes, image_size)
-    return image[top:top + size, left:left + size]
+    return image[top : top + size, left : left + size]
 
   if prepared:
     return decode_window()
-  return tf.cond(_is_prepared_jpeg(image_bytes, image_size), decode_window,
-                 slice_window)
+  return tf.cond(
+      _is_prepared_jpeg(image_bytes, image_size), decode_window, slice_window
+  )
 
 
-def images_prepared(builder: tfds.core.DatasetBuilder,
-                    image_size: int) -> bool | None:
+def images_prepared(
+    builder: tfds.core.DatasetBuilder, image_size: int
+) -> bool | None:
   """True if the builder declares all its images s x s JPEGs, else None.
 
   Our ILSVRC-2010 builder declares `Image(shape=(256, 256, 3),
@@ -130,14 +145,16 @@ def images_prepared(builder: tfds.core.DatasetBuilder,
   `imagenet2012` and `imagenette` declare no size (None: check each image).
   """
   feature = builder.info.features["image"]
-  if (getattr(feature, "encoding_format", None) == "jpeg" and
-      tuple(feature.shape) == (image_size, image_size, 3)):
+  if getattr(feature, "encoding_format", None) == "jpeg" and tuple(
+      feature.shape
+  ) == (image_size, image_size, 3):
     return True
   return None
 
 
 def check_crop_size(crop_size: int, image_size: int) -> None:
   if not 0 < crop_size <= image_size:
-    raise ValueError(f"crop_size must be in [1, {image_size}] (the prepared "
-                     f"image size), got {crop_size}")
-
+    raise ValueError(
+        f"crop_size must be in [1, {image_size}] (the prepared "
+        f"image size), got {crop_size}"
+    )

@@ -64,8 +64,9 @@ _AUGMENT_TAG = 2
 Crops = Literal["center", "ten"]
 
 
-def _apply_threading(ds: tf.data.Dataset,
-                     threads: int | None) -> tf.data.Dataset:
+def _apply_threading(
+    ds: tf.data.Dataset, threads: int | None
+) -> tf.data.Dataset:
   options = tf.data.Options()
   options.deterministic = True
   if threads is not None:
@@ -74,15 +75,20 @@ def _apply_threading(ds: tf.data.Dataset,
   return ds.with_options(options)
 
 
-
 # ---------------------------------------------------------------------------
 # Training.
 # ---------------------------------------------------------------------------
 
 
-def _train_records(records: tf.data.Dataset, *, records_per_epoch: int,
-                   start_epoch: int, skip_in_start_epoch: int, seed: int,
-                   shuffle_buffer_size: int) -> tf.data.Dataset:
+def _train_records(
+    records: tf.data.Dataset,
+    *,
+    records_per_epoch: int,
+    start_epoch: int,
+    skip_in_start_epoch: int,
+    seed: int,
+    shuffle_buffer_size: int,
+) -> tf.data.Dataset:
   """Endless (epoch, position, record) stream starting at a given position.
 
   Epoch e is `records` shuffled with a seed derived from (seed, e), cut to
@@ -93,14 +99,22 @@ def _train_records(records: tf.data.Dataset, *, records_per_epoch: int,
 
   def epoch_records(epoch):
     epoch_seed = tf.random.stateless_uniform(
-        [], tf.random.experimental.stateless_fold_in(shuffle_key, epoch,
-                                                     alg=_RNG_ALG),
-        minval=None, maxval=None, dtype=tf.int64, alg=_RNG_ALG)
-    ds = records.shuffle(shuffle_buffer_size, seed=epoch_seed,
-                         reshuffle_each_iteration=False)
+        [],
+        tf.random.experimental.stateless_fold_in(
+            shuffle_key, epoch, alg=_RNG_ALG
+        ),
+        minval=None,
+        maxval=None,
+        dtype=tf.int64,
+        alg=_RNG_ALG,
+    )
+    ds = records.shuffle(
+        shuffle_buffer_size, seed=epoch_seed, reshuffle_each_iteration=False
+    )
     ds = ds.take(records_per_epoch).enumerate()
-    skip = tf.where(epoch == start_epoch, tf.constant(skip_in_start_epoch,
-                                                      tf.int64), 0)
+    skip = tf.where(
+        epoch == start_epoch, tf.constant(skip_in_start_epoch, tf.int64), 0
+    )
     ds = ds.skip(skip)
     return ds.map(lambda position, record: (epoch, position, record))
 
@@ -156,47 +170,62 @@ def train_dataset_from_records(
   image_size = stats.image_size
   input_decoding.check_crop_size(crop_size, image_size)
   if records_per_epoch % batch_size or records_per_epoch < batch_size:
-    raise ValueError(f"records_per_epoch={records_per_epoch} must be a "
-                     f"positive multiple of batch_size={batch_size}")
+    raise ValueError(
+        f"records_per_epoch={records_per_epoch} must be a "
+        f"positive multiple of batch_size={batch_size}"
+    )
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}")
   steps_per_epoch = records_per_epoch // batch_size
   start_epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
   stream = _train_records(
-      records, records_per_epoch=records_per_epoch, start_epoch=start_epoch,
-      skip_in_start_epoch=step_in_epoch * batch_size, seed=seed,
-      shuffle_buffer_size=shuffle_buffer_size)
+      records,
+      records_per_epoch=records_per_epoch,
+      start_epoch=start_epoch,
+      skip_in_start_epoch=step_in_epoch * batch_size,
+      seed=seed,
+      shuffle_buffer_size=shuffle_buffer_size,
+  )
 
   max_offset = image_size - crop_size
   augment_key = tf.random.experimental.stateless_fold_in(
-      tf.constant([seed, _AUGMENT_TAG], tf.int64), process_index,
-      alg=_RNG_ALG)
+      tf.constant([seed, _AUGMENT_TAG], tf.int64), process_index, alg=_RNG_ALG
+  )
 
   def decode_and_draw(epoch, position, record):
     # Keyed by (seed, process, epoch, position): independent of iterator
     # history, so a resumed stream draws exactly the same numbers.
     key = tf.random.experimental.stateless_fold_in(
-        tf.random.experimental.stateless_fold_in(augment_key, epoch,
-                                                 alg=_RNG_ALG),
-        position, alg=_RNG_ALG)
+        tf.random.experimental.stateless_fold_in(
+            augment_key, epoch, alg=_RNG_ALG
+        ),
+        position,
+        alg=_RNG_ALG,
+    )
     crop_key, flip_key, lighting_key = tf.unstack(
-        tf.random.experimental.stateless_split(key, 3, alg=_RNG_ALG))
+        tf.random.experimental.stateless_split(key, 3, alg=_RNG_ALG)
+    )
     # Random crop_size x crop_size window (§4.1), uniform over all offsets.
     top_left = tf.random.stateless_uniform(
-        [2], crop_key, minval=0, maxval=max_offset + 1, dtype=tf.int32,
-        alg=_RNG_ALG)
+        [2],
+        crop_key,
+        minval=0,
+        maxval=max_offset + 1,
+        dtype=tf.int32,
+        alg=_RNG_ALG,
+    )
     top, left = top_left[0], top_left[1]
     return {
         "pixels": input_decoding.decode_window(
-            record["image"], top, left, crop_size, image_size,
-            images_prepared),
+            record["image"], top, left, crop_size, image_size, images_prepared
+        ),
         "top": top,
         "left": left,
         # Horizontal reflection with p = 0.5 (§4.1).
         "flip": tf.random.stateless_uniform([], flip_key, alg=_RNG_ALG) < 0.5,
         # PCA lighting (§4.1): one alpha per image.
-        "alpha": pca_lighting_std * tf.random.stateless_normal(
-            [3], lighting_key, alg=_RNG_ALG),
+        "alpha": pca_lighting_std
+        * tf.random.stateless_normal([3], lighting_key, alg=_RNG_ALG),
         "label": tf.cast(record["label"], tf.int32),
     }
 
@@ -204,14 +233,17 @@ def train_dataset_from_records(
   # touches float pixels runs once per batch in one fused XLA loop.
   ds = stream.map(decode_and_draw, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
-  ds = ds.map(_make_train_finish(stats, crop_size, pca_lighting_scale),
-              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(
+      _make_train_finish(stats, crop_size, pca_lighting_scale),
+      num_parallel_calls=tf.data.AUTOTUNE,
+  )
   ds = ds.prefetch(tf.data.AUTOTUNE)
   return _apply_threading(ds, threads)
 
 
-def _make_train_finish(stats: InputStats, crop_size: int,
-                       pca_lighting_scale: LightingScale):
+def _make_train_finish(
+    stats: InputStats, crop_size: int, pca_lighting_scale: LightingScale
+):
   """Flip, mean subtraction and lighting of a batch of uint8 crops.
 
   Done as one XLA-compiled function per batch. As separate TensorFlow ops
@@ -233,8 +265,9 @@ def _make_train_finish(stats: InputStats, crop_size: int,
     # The mean image, cropped with the image's own window and mirrored with
     # it (§2: subtract the per-pixel mean).
     mean = tf.gather(mean_image, batch["top"][:, None] + j[None])
-    mean = tf.gather(mean, batch["left"][:, None] + source, axis=2,
-                     batch_dims=1)
+    mean = tf.gather(
+        mean, batch["left"][:, None] + source, axis=2, batch_dims=1
+    )
     # The same lighting offset for every pixel of an image (§4.1).
     offset = tf.linalg.matmul(batch["alpha"], lighting, transpose_b=True)
     image = tf.cast(pixels, tf.float32) - mean + offset[:, None, None, :]
@@ -285,28 +318,42 @@ def make_train_dataset(
   """
   batch = input_splits.local_batch_size(global_batch_size, process_count)
   steps = input_splits.train_steps_per_epoch(
-      builder, global_batch_size=global_batch_size,
-      process_count=process_count, split=split)
+      builder,
+      global_batch_size=global_batch_size,
+      process_count=process_count,
+      split=split,
+  )
   records = input_splits.records(
-      builder, input_splits.process_split(split, process_index,
-                                          process_count),
-      shuffle_files=True, seed=seed)
+      builder,
+      input_splits.process_split(split, process_index, process_count),
+      shuffle_files=True,
+      seed=seed,
+  )
   return train_dataset_from_records(
-      records, records_per_epoch=steps * batch, batch_size=batch,
-      crop_size=crop_size, seed=seed, stats=stats, start_step=start_step,
-      process_index=process_index, shuffle_buffer_size=shuffle_buffer_size,
+      records,
+      records_per_epoch=steps * batch,
+      batch_size=batch,
+      crop_size=crop_size,
+      seed=seed,
+      stats=stats,
+      start_step=start_step,
+      process_index=process_index,
+      shuffle_buffer_size=shuffle_buffer_size,
       pca_lighting_std=pca_lighting_std,
       pca_lighting_scale=pca_lighting_scale,
       images_prepared=input_decoding.images_prepared(builder, stats.image_size),
-      threads=threads)
+      threads=threads,
+  )
+
 
 # ---------------------------------------------------------------------------
 # Evaluation.
 # ---------------------------------------------------------------------------
 
 
-def eval_patch_offsets(crop_size: int,
-                       image_size: int = IMAGE_SIZE) -> list[tuple[int, int]]:
+def eval_patch_offsets(
+    crop_size: int, image_size: int = IMAGE_SIZE
+) -> list[tuple[int, int]]:
   """(top, left) of the paper's 5 test patches: TL, TR, BL, BR, center.
 
   The 10-crop `image` holds these 5 patches at indices 0-4 and their
@@ -356,8 +403,10 @@ def eval_dataset_from_records(
   input_decoding.check_crop_size(crop_size, image_size)
   num_padding = num_batches * batch_size - num_records
   if num_padding < 0:
-    raise ValueError(f"{num_batches} batches of {batch_size} cannot hold "
-                     f"{num_records} examples")
+    raise ValueError(
+        f"{num_batches} batches of {batch_size} cannot hold "
+        f"{num_records} examples"
+    )
   if crops not in ("center", "ten"):
     raise ValueError(f"crops must be 'center' or 'ten', got {crops!r}")
 
@@ -366,11 +415,14 @@ def eval_dataset_from_records(
     # upsamples the chroma of a window's edge pixels from the window alone,
     # which moves them by a few levels from the full decode (harmless noise
     # in training, but evaluation should see exactly the prepared image).
-    pixels = input_decoding.decode_prepared(record["image"], image_size,
-                                            images_prepared)
-    example = {"pixels": pixels,
-               "label": tf.cast(record["label"], tf.int32),
-               "mask": tf.constant(1.0)}
+    pixels = input_decoding.decode_prepared(
+        record["image"], image_size, images_prepared
+    )
+    example = {
+        "pixels": pixels,
+        "label": tf.cast(record["label"], tf.int32),
+        "mask": tf.constant(1.0),
+    }
     example.update({k: record[k] for k in extra_keys})
     return example
 
@@ -380,12 +432,15 @@ def eval_dataset_from_records(
       for key, spec in ds.element_spec.items()
   }
   ds = ds.concatenate(
-      tf.data.Dataset.from_tensors(padding_example).repeat(num_padding))
+      tf.data.Dataset.from_tensors(padding_example).repeat(num_padding)
+  )
   # Exact multiple by construction: drop_remainder only makes the batch
   # dimension static; nothing is dropped.
   ds = ds.batch(batch_size, drop_remainder=True)
-  ds = ds.map(_make_eval_finish(stats, crop_size, crops),
-              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(
+      _make_eval_finish(stats, crop_size, crops),
+      num_parallel_calls=tf.data.AUTOTUNE,
+  )
   ds = ds.prefetch(tf.data.AUTOTUNE)
   return _apply_threading(ds, threads)
 
@@ -396,29 +451,35 @@ def _make_eval_finish(stats: InputStats, crop_size: int, crops: Crops):
   offsets = eval_patch_offsets(crop_size, image_size)
   top, left = offsets[4]
   if crops == "center":
-    mean = stats.mean_image[top:top + crop_size, left:left + crop_size]
+    mean = stats.mean_image[top : top + crop_size, left : left + crop_size]
     flat_index = None
   else:
-    patches = [stats.mean_image[t:t + crop_size, l:l + crop_size]
-               for t, l in offsets]
+    patches = [
+        stats.mean_image[t : t + crop_size, l : l + crop_size]
+        for t, l in offsets
+    ]
     mean = np.stack(patches + [p[:, ::-1] for p in patches])
     # Index of each output pixel in the flattened image: the 5 windows, then
     # the same windows mirrored (columns reversed).
     j = np.arange(crop_size)
-    index = [(t + j)[:, None] * image_size + (l + j)[None, :]
-             for t, l in offsets]
+    index = [
+        (t + j)[:, None] * image_size + (l + j)[None, :] for t, l in offsets
+    ]
     flat_index = tf.constant(
-        np.stack(index + [i[:, ::-1] for i in index]).reshape(-1), tf.int32)
+        np.stack(index + [i[:, ::-1] for i in index]).reshape(-1), tf.int32
+    )
   mean = tf.constant(mean)
 
   @tf.function(jit_compile=True)
   def normalize(pixels, mask):
     if flat_index is None:
-      pixels = pixels[:, top:top + crop_size, left:left + crop_size]
+      pixels = pixels[:, top : top + crop_size, left : left + crop_size]
     else:
       flat = tf.reshape(pixels, [-1, image_size * image_size, 3])
-      pixels = tf.reshape(tf.gather(flat, flat_index, axis=1),
-                          [-1, NUM_EVAL_PATCHES, crop_size, crop_size, 3])
+      pixels = tf.reshape(
+          tf.gather(flat, flat_index, axis=1),
+          [-1, NUM_EVAL_PATCHES, crop_size, crop_size, 3],
+      )
     image = tf.cast(pixels, tf.float32) - mean
     # Padding examples are all zeros, not minus the mean.
     mask = tf.reshape(mask, [-1] + [1] * (len(image.shape) - 1))
@@ -474,10 +535,16 @@ def make_eval_dataset(
       input_splits.records(builder, subsplit, shuffle_files=False),
       num_records=builder.info.splits[subsplit].num_examples,
       num_batches=input_splits.eval_steps(
-          builder, split, global_batch_size=global_batch_size,
-          process_count=process_count),
-      batch_size=batch, crop_size=crop_size, crops=crops, stats=stats,
+          builder,
+          split,
+          global_batch_size=global_batch_size,
+          process_count=process_count,
+      ),
+      batch_size=batch,
+      crop_size=crop_size,
+      crops=crops,
+      stats=stats,
       extra_keys=extra_keys,
       images_prepared=input_decoding.images_prepared(builder, stats.image_size),
-      threads=threads)
-
+      threads=threads,
+  )

@@ -79,7 +79,8 @@ class InputStats:
       raise ValueError(f"mean_image must be [s, s, 3], got {shape}")
     if self.pixel_covariance.shape != (3, 3):
       raise ValueError(
-          f"pixel_covariance must be [3, 3], got {self.pixel_covariance.shape}")
+          f"pixel_covariance must be [3, 3], got {self.pixel_covariance.shape}"
+      )
 
   @property
   def image_size(self) -> int:
@@ -131,9 +132,12 @@ class InputStats:
   def save(self, path: str) -> None:
     """Writes the statistics atomically (safe with concurrent writers)."""
     buffer = io.BytesIO()
-    np.savez(buffer, mean_image=self.mean_image,
-             pixel_covariance=self.pixel_covariance,
-             num_images=np.int64(self.num_images))
+    np.savez(
+        buffer,
+        mean_image=self.mean_image,
+        pixel_covariance=self.pixel_covariance,
+        num_images=np.int64(self.num_images),
+    )
     tmp_path = f"{path}.tmp-{jax.process_index()}"
     with tf.io.gfile.GFile(tmp_path, "wb") as f:
       f.write(buffer.getvalue())
@@ -143,9 +147,11 @@ class InputStats:
   def load(cls, path: str) -> InputStats:
     with tf.io.gfile.GFile(path, "rb") as f:
       arrays = np.load(io.BytesIO(f.read()))
-      return cls(mean_image=arrays["mean_image"].astype(np.float32),
-                 pixel_covariance=arrays["pixel_covariance"],
-                 num_images=int(arrays["num_images"]))
+      return cls(
+          mean_image=arrays["mean_image"].astype(np.float32),
+          pixel_covariance=arrays["pixel_covariance"],
+          num_images=int(arrays["num_images"]),
+      )
 
 
 class MeanImageError(cli.UserError, ValueError):
@@ -170,7 +176,8 @@ def load_mean_image(path: str, image_size: int) -> np.ndarray:
         f"{where}: no such file. Make it from Caffe's mean with `python -m "
         "alexnet_jax.weights convert --caffemodel=... --out=... "
         "--mean=imagenet_mean.binaryproto --mean_out=FILE`, or leave the "
-        "field empty to use the mean of the training images.")
+        "field empty to use the mean of the training images."
+    )
   try:
     with tf.io.gfile.GFile(path, "rb") as f:
       arrays = np.load(io.BytesIO(f.read()))
@@ -178,7 +185,8 @@ def load_mean_image(path: str, image_size: int) -> np.ndarray:
         raise MeanImageError(
             f"{where} holds {arrays.files}, no 'mean_image'. Give the file "
             "`python -m alexnet_jax.weights convert --mean_out=...` wrote, "
-            "or a data directory's input_stats_*.npz.")
+            "or a data directory's input_stats_*.npz."
+        )
       mean = np.asarray(arrays["mean_image"], np.float32)
   except (OSError, ValueError, zipfile.BadZipFile) as e:
     if isinstance(e, MeanImageError):
@@ -188,20 +196,28 @@ def load_mean_image(path: str, image_size: int) -> np.ndarray:
     raise MeanImageError(
         f"{where}: mean_image has shape {mean.shape}; the data set's "
         f"prepared images are {image_size}x{image_size}, so it must be "
-        f"({image_size}, {image_size}, 3) (RGB, 0-255 scale).")
+        f"({image_size}, {image_size}, 3) (RGB, 0-255 scale)."
+    )
   if not np.isfinite(mean).all():
-    raise MeanImageError(f"{where}: mean_image holds NaN or infinite "
-                         "values.")
+    raise MeanImageError(
+        f"{where}: mean_image holds NaN or infinite " "values."
+    )
   return mean
 
 
-def stats_file_name(builder: tfds.core.DatasetBuilder, split: str,
-                    max_images: int | None, image_size: int) -> str:
+def stats_file_name(
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    max_images: int | None,
+    image_size: int,
+) -> str:
   """Cache file name: dataset, config, version, split, image size and cap."""
   config = builder.builder_config.name if builder.builder_config else "default"
   cap = "all" if max_images is None else f"first{max_images}"
-  return (f"input_stats_v{_STATS_FILE_FORMAT}-{builder.name}-{config}-"
-          f"{builder.version}-{split}-{image_size}px-{cap}.npz")
+  return (
+      f"input_stats_v{_STATS_FILE_FORMAT}-{builder.name}-{config}-"
+      f"{builder.version}-{split}-{image_size}px-{cap}.npz"
+  )
 
 
 def compute_stats(images: tf.data.Dataset, batch_size: int = 64) -> InputStats:
@@ -222,21 +238,26 @@ def compute_stats(images: tf.data.Dataset, batch_size: int = 64) -> InputStats:
 
   def moments(image):
     pixels = tf.cast(tf.reshape(image, [-1, 3]), tf.float64)
-    return {"image": image,
-            "pixel_sum": tf.reduce_sum(pixels, axis=0),
-            "pixel_outer_sum": tf.matmul(pixels, pixels, transpose_a=True)}
+    return {
+        "image": image,
+        "pixel_sum": tf.reduce_sum(pixels, axis=0),
+        "pixel_outer_sum": tf.matmul(pixels, pixels, transpose_a=True),
+    }
 
   def batch_sums(batch):
-    return {"image_sum": tf.reduce_sum(tf.cast(batch["image"], tf.int32),
-                                       axis=0),
-            "pixel_sum": tf.reduce_sum(batch["pixel_sum"], axis=0),
-            "pixel_outer_sum": tf.reduce_sum(batch["pixel_outer_sum"], axis=0),
-            "num_images": tf.shape(batch["image"])[0]}
+    return {
+        "image_sum": tf.reduce_sum(tf.cast(batch["image"], tf.int32), axis=0),
+        "pixel_sum": tf.reduce_sum(batch["pixel_sum"], axis=0),
+        "pixel_outer_sum": tf.reduce_sum(batch["pixel_outer_sum"], axis=0),
+        "num_images": tf.shape(batch["image"])[0],
+    }
 
-  sums = (images.map(moments, num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(batch_size)
-          .map(batch_sums, num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(2))
+  sums = (
+      images.map(moments, num_parallel_calls=tf.data.AUTOTUNE)
+      .batch(batch_size)
+      .map(batch_sums, num_parallel_calls=tf.data.AUTOTUNE)
+      .prefetch(2)
+  )
   image_sum = 0
   pixel_sum = np.zeros(3, np.float64)
   pixel_outer_sum = np.zeros((3, 3), np.float64)
@@ -252,15 +273,19 @@ def compute_stats(images: tf.data.Dataset, batch_size: int = 64) -> InputStats:
   pixel_mean = pixel_sum / num_pixels
   covariance = pixel_outer_sum / num_pixels - np.outer(pixel_mean, pixel_mean)
   mean_image = (image_sum / num_images).astype(np.float32)
-  return InputStats(mean_image=mean_image, pixel_covariance=covariance,
-                    num_images=num_images)
+  return InputStats(
+      mean_image=mean_image, pixel_covariance=covariance, num_images=num_images
+  )
 
 
-def compute_or_load_stats(builder: tfds.core.DatasetBuilder, *,
-                          max_images: int | None = None,
-                          split: str = "train",
-                          image_size: int = input_decoding.IMAGE_SIZE,
-                          cache_dir: str | None = None) -> InputStats:
+def compute_or_load_stats(
+    builder: tfds.core.DatasetBuilder,
+    *,
+    max_images: int | None = None,
+    split: str = "train",
+    image_size: int = input_decoding.IMAGE_SIZE,
+    cache_dir: str | None = None,
+) -> InputStats:
   """Training-set statistics, computed once and cached next to the data.
 
   Args:
@@ -278,25 +303,33 @@ def compute_or_load_stats(builder: tfds.core.DatasetBuilder, *,
     The statistics. Every process computes the same values; the cache write
     is atomic, so concurrent processes are safe.
   """
-  path = os.path.join(cache_dir or builder.data_dir,
-                      stats_file_name(builder, split, max_images, image_size))
+  path = os.path.join(
+      cache_dir or builder.data_dir,
+      stats_file_name(builder, split, max_images, image_size),
+  )
   if tf.io.gfile.exists(path):
     logging.info("Loading input statistics from %s", path)
     return InputStats.load(path)
-  logging.info("Computing input statistics over %s[%s] (max_images=%s)",
-               builder.name, split, max_images)
+  logging.info(
+      "Computing input statistics over %s[%s] (max_images=%s)",
+      builder.name,
+      split,
+      max_images,
+  )
   records = input_splits.records(builder, split, shuffle_files=False)
   if max_images is not None:
     records = records.take(max_images)
   prepared = input_decoding.images_prepared(builder, image_size)
   images = records.map(
-      lambda r: input_decoding.decode_prepared(r["image"], image_size,
-                                               prepared),
-      num_parallel_calls=tf.data.AUTOTUNE)
+      lambda r: input_decoding.decode_prepared(
+          r["image"], image_size, prepared
+      ),
+      num_parallel_calls=tf.data.AUTOTUNE,
+  )
   stats = compute_stats(images)
   tf.io.gfile.makedirs(os.path.dirname(path))
   stats.save(path)
-  logging.info("Saved input statistics (%d images) to %s", stats.num_images,
-               path)
+  logging.info(
+      "Saved input statistics (%d images) to %s", stats.num_images, path
+  )
   return stats
-

@@ -21,21 +21,32 @@ from alexnet_jax import cli
 from alexnet_jax import config_validation
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file, e.g. configs/demo.py[:ARGS].",
-    lock_config=True)
+    "config",
+    None,
+    "Training config file, e.g. configs/demo.py[:ARGS].",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None,
+    "workdir",
+    None,
     "Where checkpoints, TensorBoard events and results.json go (default: "
-    "workdirs/<config name>). Holding a checkpoint means: resume.")
+    "workdirs/<config name>). Holding a checkpoint means: resume.",
+)
 _MULTIHOST = flags.DEFINE_bool(
-    "multihost", False, "Call jax.distributed.initialize() (auto-detected "
-    "cluster, e.g. all workers of a TPU VM).")
+    "multihost",
+    False,
+    "Call jax.distributed.initialize() (auto-detected "
+    "cluster, e.g. all workers of a TPU VM).",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "HOST:PORT of process 0 (multi-process).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
-                                      "Number of processes (multi-process).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None,
-                                   "This process's index (multi-process).")
+    "coordinator_address", None, "HOST:PORT of process 0 (multi-process)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes (multi-process)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index (multi-process)."
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -43,8 +54,9 @@ def default_workdir(config_path: str) -> str:
   """workdirs/<config file name>[_<config args>], e.g. workdirs/demo."""
   path, _, arg = config_path.partition(":")
   name = os.path.splitext(os.path.basename(path))[0]
-  return os.path.join("workdirs", name + ("_" + arg.replace(",", "_")
-                                          if arg else ""))
+  return os.path.join(
+      "workdirs", name + ("_" + arg.replace(",", "_") if arg else "")
+  )
 
 
 def check_workdir(workdir: str) -> None:
@@ -52,11 +64,15 @@ def check_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise cli.UserError(f"--workdir={workdir} cannot be created: "
-                        f"{e.strerror}. Choose another --workdir.") from None
+    raise cli.UserError(
+        f"--workdir={workdir} cannot be created: "
+        f"{e.strerror}. Choose another --workdir."
+    ) from None
   if not os.access(workdir, os.W_OK | os.X_OK):
-    raise cli.UserError(f"--workdir={workdir} is not writable by this user. "
-                        "Choose another --workdir or fix its permissions.")
+    raise cli.UserError(
+        f"--workdir={workdir} is not writable by this user. "
+        "Choose another --workdir or fix its permissions."
+    )
 
 
 def main(argv):
@@ -74,17 +90,24 @@ def main(argv):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
   workdir = _WORKDIR.value
   if workdir is None:
-    workdir = default_workdir(config_flags.get_config_filename(
-        flags.FLAGS["config"]))
+    workdir = default_workdir(
+        config_flags.get_config_filename(flags.FLAGS["config"])
+    )
     logging.info("--workdir not given: using %s", workdir)
     print(f"workdir: {workdir}", flush=True)
   config_validation.validate_mesh(config, jax.devices())
   check_workdir(workdir)
-  logging.info("process %d of %d; devices: %s", jax.process_index(),
-               jax.process_count(), jax.devices())
+  logging.info(
+      "process %d of %d; devices: %s",
+      jax.process_index(),
+      jax.process_count(),
+      jax.devices(),
+  )
   try:
     results = train.train_and_evaluate(config, workdir)
   except train.USER_ERRORS as e:

@@ -78,9 +78,17 @@ def default_config() -> ml_collections.ConfigDict:
   # (its LRN layer has no groups); the n // 2 maps nearest the tower
   # boundary then see maps of the other tower, sent between the devices
   # that hold the towers (parallel.neighbour_channels; docs/paper.md "LRN").
-  c.lrn = ml_collections.ConfigDict(dict(
-      enabled=True, convention="paper", k=2.0, n=5, alpha=1e-4, beta=0.75,
-      across_towers=False))
+  c.lrn = ml_collections.ConfigDict(
+      dict(
+          enabled=True,
+          convention="paper",
+          k=2.0,
+          n=5,
+          alpha=1e-4,
+          beta=0.75,
+          across_towers=False,
+      )
+  )
   # Overlapping pooling (§3.4): window 3, stride 2; 2/2 is the ablation.
   c.pool_window = 3
   c.pool_stride = 2
@@ -124,16 +132,32 @@ def _init_constants(init: str) -> dict[str, tuple[float, float]]:
     # biases in the second, fourth, and fifth convolutional layers, as well as
     # in the fully-connected hidden layers, with the constant 1."
     std = dict.fromkeys(CONV_LAYERS + FC_LAYERS, 0.01)
-    bias = dict(conv1=0., conv2=1., conv3=0., conv4=1., conv5=1., fc6=1.,
-                fc7=1., fc8=0.)
+    bias = dict(
+        conv1=0.0,
+        conv2=1.0,
+        conv3=0.0,
+        conv4=1.0,
+        conv5=1.0,
+        fc6=1.0,
+        fc7=1.0,
+        fc8=0.0,
+    )
   elif init == "caffe":
     # Caffe's bvlc_alexnet: avoids the flat loss at ln(1000) some setups hit
     # with the paper's init (docs/paper.md "Other choices the paper leaves
     # open").
     std = dict.fromkeys(CONV_LAYERS + FC_LAYERS, 0.01)
     std.update(fc6=0.005, fc7=0.005)
-    bias = dict(conv1=0., conv2=.1, conv3=0., conv4=.1, conv5=.1, fc6=.1,
-                fc7=.1, fc8=0.)
+    bias = dict(
+        conv1=0.0,
+        conv2=0.1,
+        conv3=0.0,
+        conv4=0.1,
+        conv5=0.1,
+        fc6=0.1,
+        fc7=0.1,
+        fc8=0.0,
+    )
   else:
     raise ValueError(f"model.init={init!r}: use 'paper' or 'caffe'.")
   return {k: (std[k], bias[k]) for k in std}
@@ -162,15 +186,24 @@ def pool_out_size(size: int, window: int, stride: int) -> int:
   return (size - window) // stride + 1
 
 
-def spatial_sizes(image_size: int, pool_window: int = 3,
-                  pool_stride: int = 2) -> dict[str, int]:
+def spatial_sizes(
+    image_size: int, pool_window: int = 3, pool_stride: int = 2
+) -> dict[str, int]:
   """Spatial size after each stage: 224 -> 55, 27, 13, 13, 13, 6."""
   conv1 = conv_out_size(image_size, 11, 4)
   pool1 = pool_out_size(conv1, pool_window, pool_stride)
   pool2 = pool_out_size(pool1, pool_window, pool_stride)
   pool5 = pool_out_size(pool2, pool_window, pool_stride)
-  return dict(conv1=conv1, pool1=pool1, conv2=pool1, pool2=pool2, conv3=pool2,
-              conv4=pool2, conv5=pool2, pool5=pool5)
+  return dict(
+      conv1=conv1,
+      pool1=pool1,
+      conv2=pool1,
+      pool2=pool2,
+      conv3=pool2,
+      conv4=pool2,
+      conv5=pool2,
+      pool5=pool5,
+  )
 
 
 def _fan_ins(config: ml_collections.ConfigDict) -> dict[str, int]:
@@ -179,20 +212,28 @@ def _fan_ins(config: ml_collections.ConfigDict) -> dict[str, int]:
   towers = config.num_towers
   c1, c2, c3, c4, c5 = config.conv_features
   f6, f7 = config.fc_features
-  pool5 = spatial_sizes(config.image_size, config.pool_window,
-                        config.pool_stride)["pool5"]
-  fan_ins = dict(conv1=11 * 11 * 3, conv2=5 * 5 * c1,
-                 conv3=3 * 3 * towers * c2, conv4=3 * 3 * c3,
-                 conv5=3 * 3 * c4, fc6=towers * pool5 * pool5 * c5,
-                 fc7=towers * f6, fc8=towers * f7)
+  pool5 = spatial_sizes(
+      config.image_size, config.pool_window, config.pool_stride
+  )["pool5"]
+  fan_ins = dict(
+      conv1=11 * 11 * 3,
+      conv2=5 * 5 * c1,
+      conv3=3 * 3 * towers * c2,
+      conv4=3 * 3 * c3,
+      conv5=3 * 3 * c4,
+      fc6=towers * pool5 * pool5 * c5,
+      fc7=towers * f6,
+      fc8=towers * f7,
+  )
   if config.remove_conv4:  # conv5 reads conv3 (§7).
     del fan_ins["conv4"]
     fan_ins["conv5"] = 3 * 3 * c3
   return fan_ins
 
 
-def layer_init(config: ml_collections.ConfigDict
-               ) -> dict[str, tuple[float, float]]:
+def layer_init(
+    config: ml_collections.ConfigDict,
+) -> dict[str, tuple[float, float]]:
   """(weight std, bias value) of each layer of `config`: the one source of
   the initial distributions (`init_params` and `AlexNet.init` read it).
 
@@ -204,15 +245,26 @@ def layer_init(config: ml_collections.ConfigDict
   fan_ins = _fan_ins(config)
   if config.init_scale_to_width:
     paper = _fan_ins(default_config())
-    return {name: (std * math.sqrt(paper[name] / fan_ins[name]), bias)
-            for name, (std, bias) in consts.items() if name in fan_ins}
+    return {
+        name: (std * math.sqrt(paper[name] / fan_ins[name]), bias)
+        for name, (std, bias) in consts.items()
+        if name in fan_ins
+    }
   return {name: consts[name] for name in fan_ins}
 
 
-def local_response_norm(x: Array, towers: int, *, convention: str, k: float,
-                        n: int, alpha: float, beta: float,
-                        across_towers: bool = False,
-                        axis_name: str | None = None) -> Array:
+def local_response_norm(
+    x: Array,
+    towers: int,
+    *,
+    convention: str,
+    k: float,
+    n: int,
+    alpha: float,
+    beta: float,
+    across_towers: bool = False,
+    axis_name: str | None = None,
+) -> Array:
   """LRN across channels, within each tower (§3.3), computed in float32.
 
   b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta
@@ -231,15 +283,21 @@ def local_response_norm(x: Array, towers: int, *, convention: str, k: float,
   half = n // 2
   if across_towers:
     # The neighbours' maps travel in the compute dtype, before the cast.
-    before, after = parallel.neighbour_channels(x, axis_name, half,
-                                                n - 1 - half)
+    before, after = parallel.neighbour_channels(
+        x, axis_name, half, n - 1 - half
+    )
     x = x.astype(jnp.float32)
     padded = jnp.concatenate(
-        [before.astype(jnp.float32), x, after.astype(jnp.float32)], axis=-1)
+        [before.astype(jnp.float32), x, after.astype(jnp.float32)], axis=-1
+    )
     sq_sum = jax.lax.reduce_window(
-        jnp.square(padded), 0.0, jax.lax.add,
+        jnp.square(padded),
+        0.0,
+        jax.lax.add,
         window_dimensions=(1,) * (x.ndim - 1) + (n,),
-        window_strides=(1,) * x.ndim, padding="VALID")
+        window_strides=(1,) * x.ndim,
+        padding="VALID",
+    )
     return (x * jnp.power(k + scale * sq_sum, -beta)).astype(dtype)
   x = x.astype(jnp.float32)
   *lead, channels = x.shape
@@ -247,10 +305,13 @@ def local_response_norm(x: Array, towers: int, *, convention: str, k: float,
   # Zero padding at each tower's channel edges makes the window sum run over
   # max(0, i - n/2) .. min(N - 1, i + n/2), as in the paper's formula (§3.3).
   sq_sum = jax.lax.reduce_window(
-      jnp.square(x_T), 0.0, jax.lax.add,
+      jnp.square(x_T),
+      0.0,
+      jax.lax.add,
       window_dimensions=(1,) * (x_T.ndim - 1) + (n,),
       window_strides=(1,) * x_T.ndim,
-      padding=((0, 0),) * (x_T.ndim - 1) + ((half, n - 1 - half),))
+      padding=((0, 0),) * (x_T.ndim - 1) + ((half, n - 1 - half),),
+  )
   y = x_T * jnp.power(k + scale * sq_sum, -beta)
   return y.reshape(x.shape).astype(dtype)
 
@@ -270,6 +331,7 @@ class TowerConv(nn.Module):
   image; conv3 reads both towers' conv2 maps after the gather).
   `shared_input=False`: tower t reads only channel block t of the input.
   """
+
   features: int
   kernel_size: int
   towers: int
@@ -282,38 +344,59 @@ class TowerConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    in_features = x.shape[-1] if self.shared_input else (
-        x.shape[-1] // self.towers)
+    in_features = (
+        x.shape[-1] if self.shared_input else (x.shape[-1] // self.towers)
+    )
     kernel = self.param(
-        "kernel", _tower_normal(self.weight_std),
-        (self.towers, self.kernel_size, self.kernel_size, in_features,
-         self.features))
-    bias = self.param("bias", nn.initializers.constant(self.bias_value),
-                      (self.towers, self.features))
+        "kernel",
+        _tower_normal(self.weight_std),
+        (
+            self.towers,
+            self.kernel_size,
+            self.kernel_size,
+            in_features,
+            self.features,
+        ),
+    )
+    bias = self.param(
+        "bias",
+        nn.initializers.constant(self.bias_value),
+        (self.towers, self.features),
+    )
+
     def conv(x, kernel_HWIO):
       return jax.lax.conv_general_dilated(
-          x.astype(self.dtype), kernel_HWIO.astype(self.dtype),
-          window_strides=(self.stride, self.stride), padding=self.padding,
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+          x.astype(self.dtype),
+          kernel_HWIO.astype(self.dtype),
+          window_strides=(self.stride, self.stride),
+          padding=self.padding,
+          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
 
     if self.shared_input:
       # [T, kh, kw, I, O] -> [kh, kw, I, T*O]: one convolution for the local
       # towers, output channels tower-major.
       kh, kw = self.kernel_size, self.kernel_size
-      y = conv(x, jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(
-          kh, kw, in_features, self.towers * self.features))
+      y = conv(
+          x,
+          jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(
+              kh, kw, in_features, self.towers * self.features
+          ),
+      )
     else:
       # One convolution per tower on its own channel block. The same function
       # as a grouped convolution (feature_group_count=towers), which XLA:CPU
       # runs 2-4x slower (measured with `benchmarks.train_step --profile`).
       x_T = jnp.split(x, self.towers, axis=-1)
-      y = jnp.concatenate([conv(x_T[t], kernel[t])
-                           for t in range(self.towers)], axis=-1)
+      y = jnp.concatenate(
+          [conv(x_T[t], kernel[t]) for t in range(self.towers)], axis=-1
+      )
     return y + bias.reshape(-1).astype(self.dtype)
 
 
 class DenseParams(nn.Module):
   """Declares a fully connected layer's kernel and bias under one name."""
+
   kernel_shape: tuple[int, ...]
   bias_shape: tuple[int, ...]
   weight_std: float
@@ -321,10 +404,12 @@ class DenseParams(nn.Module):
 
   @nn.compact
   def __call__(self) -> tuple[Array, Array]:
-    kernel = self.param("kernel", _tower_normal(self.weight_std),
-                        self.kernel_shape)
-    bias = self.param("bias", nn.initializers.constant(self.bias_value),
-                      self.bias_shape)
+    kernel = self.param(
+        "kernel", _tower_normal(self.weight_std), self.kernel_shape
+    )
+    bias = self.param(
+        "bias", nn.initializers.constant(self.bias_value), self.bias_shape
+    )
     return kernel, bias
 
 
@@ -347,6 +432,7 @@ class AlexNet(nn.Module):
   `init_params`, which the program uses, draws all kernels from one stream.
   Both take each layer's distribution from `layer_init`.
   """
+
   config: ml_collections.FrozenConfigDict
   towers_local: int
   model_axis: str | None = None
@@ -357,9 +443,16 @@ class AlexNet(nn.Module):
     if not lrn.enabled:
       return x
     return local_response_norm(
-        x, self.towers_local, convention=lrn.convention, k=lrn.k, n=lrn.n,
-        alpha=lrn.alpha, beta=lrn.beta, across_towers=lrn.across_towers,
-        axis_name=self.model_axis)
+        x,
+        self.towers_local,
+        convention=lrn.convention,
+        k=lrn.k,
+        n=lrn.n,
+        alpha=lrn.alpha,
+        beta=lrn.beta,
+        across_towers=lrn.across_towers,
+        axis_name=self.model_axis,
+    )
 
   def _pool(self, x: Array) -> Array:
     w, s = self.config.pool_window, self.config.pool_stride
@@ -386,8 +479,11 @@ class AlexNet(nn.Module):
     towers = first + jnp.arange(self.towers_local)
     batch, units = x.shape
     per_tower = units // self.towers_local
-    masks_T = jax.vmap(lambda t: jax.random.bernoulli(
-        jax.random.fold_in(key, t), keep, (batch, per_tower)))(towers)
+    masks_T = jax.vmap(
+        lambda t: jax.random.bernoulli(
+            jax.random.fold_in(key, t), keep, (batch, per_tower)
+        )
+    )(towers)
     mask = jnp.moveaxis(masks_T, 0, 1).reshape(batch, units)
     return jnp.where(mask, x if paper else x / keep, 0).astype(x.dtype)
 
@@ -399,7 +495,8 @@ class AlexNet(nn.Module):
       raise ValueError(
           f"AlexNet expects images [batch, {size}, "
           f"{size}, 3]; got {images.shape}. Set model.image_size "
-          "to the crop size of the input pipeline.")
+          "to the crop size of the input pipeline."
+      )
     consts = layer_init(config)
     towers, dt = self.towers_local, jnp.dtype(config.dtype)
     act = ACTIVATIONS[config.activation]
@@ -408,9 +505,18 @@ class AlexNet(nn.Module):
 
     def conv(name, features, k, shared, stride=1, padding="SAME"):
       std, bias = consts[name]
-      return TowerConv(features, k, towers, shared, stride=stride,
-                       padding=padding, weight_std=std, bias_value=bias,
-                       dtype=dt, name=name)
+      return TowerConv(
+          features,
+          k,
+          towers,
+          shared,
+          stride=stride,
+          padding=padding,
+          weight_std=std,
+          bias_value=bias,
+          dtype=dt,
+          name=name,
+      )
 
     def fc(name, kernel_shape, bias_shape):
       std, bias = consts[name]
@@ -438,8 +544,9 @@ class AlexNet(nn.Module):
     batch, h, w, _ = x.shape
     x_BTI = x.reshape(batch, h, w, towers, c5).transpose(0, 3, 1, 2, 4)
     x_BTI = x_BTI.reshape(batch, towers, h * w * c5)
-    k6, b6 = fc("fc6", (towers, h * w * c5, config.num_towers * f6),
-                (towers, f6))
+    k6, b6 = fc(
+        "fc6", (towers, h * w * c5, config.num_towers * f6), (towers, f6)
+    )
     # Each matmul runs in its layer's name scope: profiles read the layer
     # from the op name (benchmarks/op_profile.py), as for the conv modules.
     with jax.named_scope("fc6"):
@@ -460,8 +567,7 @@ class AlexNet(nn.Module):
 
     # fc8: each tower's fc7 units times its rows of the fc8 matrix; the
     # partial logits are summed across towers on every device.
-    k8, b8 = fc("fc8", (towers, f7, config.num_classes),
-                (config.num_classes,))
+    k8, b8 = fc("fc8", (towers, f7, config.num_classes), (config.num_classes,))
     x_BTI = x.reshape(batch, towers, f7)
     with jax.named_scope("fc8"):
       partial = jnp.einsum("bti,tik->bk", x_BTI.astype(dt), k8.astype(dt))
@@ -471,12 +577,17 @@ class AlexNet(nn.Module):
 
 # Fields added after the first release, with the values the runs of a
 # workdir whose saved config.json lacks them used.
-_LEGACY_FIELDS = dict(activation="relu", dropout_scaling="inverted",
-                      remove_conv4=False, init_scale_to_width=False)
+_LEGACY_FIELDS = dict(
+    activation="relu",
+    dropout_scaling="inverted",
+    remove_conv4=False,
+    init_scale_to_width=False,
+)
 
 
-def settings(config: ml_collections.ConfigDict
-             ) -> ml_collections.FrozenConfigDict:
+def settings(
+    config: ml_collections.ConfigDict,
+) -> ml_collections.FrozenConfigDict:
   """`config` (a `default_config()`-shaped model config), checked and
   completed: what `AlexNet` reads. Raises ValueError naming a bad field."""
   if config.num_towers < 1:
@@ -485,14 +596,17 @@ def settings(config: ml_collections.ConfigDict
     raise ValueError(
         "model.conv_features needs 5 per-tower widths and model.fc_features "
         f"2; got {tuple(config.conv_features)} and "
-        f"{tuple(config.fc_features)}.")
-  sizes = spatial_sizes(config.image_size, config.pool_window,
-                        config.pool_stride)
+        f"{tuple(config.fc_features)}."
+    )
+  sizes = spatial_sizes(
+      config.image_size, config.pool_window, config.pool_stride
+  )
   if min(sizes.values()) < 1:
     raise ValueError(
         f"model.image_size={config.image_size} is too small for 3 poolings "
         f"of window {config.pool_window} / stride {config.pool_stride}: "
-        f"spatial sizes {sizes}.")
+        f"spatial sizes {sizes}."
+    )
   if config.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"model.dtype={config.dtype!r}: float32 or bfloat16.")
   complete = ml_collections.ConfigDict(config.to_dict())
@@ -504,23 +618,31 @@ def settings(config: ml_collections.ConfigDict
   if "across_towers" not in complete.lrn:
     complete.lrn.across_towers = False
   if not isinstance(complete.lrn.across_towers, bool):
-    raise ValueError(f"model.lrn.across_towers="
-                     f"{complete.lrn.across_towers!r}: True or False.")
+    raise ValueError(
+        f"model.lrn.across_towers="
+        f"{complete.lrn.across_towers!r}: True or False."
+    )
   if complete.activation not in ACTIVATIONS:
-    raise ValueError(f"model.activation={complete.activation!r}: one of "
-                     f"{list(ACTIVATIONS)}.")
+    raise ValueError(
+        f"model.activation={complete.activation!r}: one of "
+        f"{list(ACTIVATIONS)}."
+    )
   if complete.dropout_scaling not in DROPOUT_SCALINGS:
-    raise ValueError(f"model.dropout_scaling={complete.dropout_scaling!r}: "
-                     f"one of {list(DROPOUT_SCALINGS)}.")
+    raise ValueError(
+        f"model.dropout_scaling={complete.dropout_scaling!r}: "
+        f"one of {list(DROPOUT_SCALINGS)}."
+    )
   if not 0.0 <= config.dropout_rate < 1.0:
     raise ValueError(
-        f"model.dropout_rate={config.dropout_rate} must be in [0, 1).")
+        f"model.dropout_rate={config.dropout_rate} must be in [0, 1)."
+    )
   _init_constants(config.init)  # Validates the name.
   return ml_collections.FrozenConfigDict(complete)
 
 
-def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None
-          ) -> AlexNet:
+def build(
+    config: ml_collections.ConfigDict, mesh: Mesh | None = None
+) -> AlexNet:
   """The module for `config` (a `default_config()`-shaped ConfigDict).
 
   With a mesh, the module is the per-device program for `parallel.shard_map`
@@ -530,17 +652,23 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None
   config = settings(config)
   towers_local = parallel.towers_per_device(mesh, config.num_towers)
   if towers_local * (mesh.shape[parallel.MODEL] if mesh else 1) != (
-      config.num_towers):
+      config.num_towers
+  ):
     raise parallel.MeshError(
         f"mesh.model={mesh.shape[parallel.MODEL]} does not divide "
-        f"model.num_towers={config.num_towers}.")
-  return AlexNet(config=config, towers_local=towers_local,
-                 model_axis=parallel.tower_axis(mesh),
-                 data_axis=parallel.DATA if mesh is not None else None)
+        f"model.num_towers={config.num_towers}."
+    )
+  return AlexNet(
+      config=config,
+      towers_local=towers_local,
+      model_axis=parallel.tower_axis(mesh),
+      data_axis=parallel.DATA if mesh is not None else None,
+  )
 
 
-def init_params(config: ml_collections.ConfigDict, rng: Array,
-                mesh: Mesh | None = None) -> Any:
+def init_params(
+    config: ml_collections.ConfigDict, rng: Array, mesh: Mesh | None = None
+) -> Any:
   """Creates the parameters, directly with their shardings when given a mesh.
 
   Weights ~ N(0, std^2) and constant biases per `layer_init` (§5). All
@@ -553,25 +681,30 @@ def init_params(config: ml_collections.ConfigDict, rng: Array,
   """
   module = build(config, mesh=None)
   images = jax.ShapeDtypeStruct(
-      (1, config.image_size, config.image_size, 3), jnp.float32)
+      (1, config.image_size, config.image_size, 3), jnp.float32
+  )
   shapes = jax.eval_shape(
-      lambda x: module.init({"params": jax.random.key(0)}, x),
-      images)["params"]
+      lambda x: module.init({"params": jax.random.key(0)}, x), images
+  )["params"]
   consts = layer_init(module.config)
   towers = config.num_towers
-  sizes = {name: math.prod(shapes[name]["kernel"].shape[1:])
-           for name in CONV_LAYERS + FC_LAYERS if name in shapes}
+  sizes = {
+      name: math.prod(shapes[name]["kernel"].shape[1:])
+      for name in CONV_LAYERS + FC_LAYERS
+      if name in shapes
+  }
 
   def init(rng):
     stream = jax.random.normal(rng, (towers, sum(sizes.values())))
     params, offset = {}, 0
     for name, size in sizes.items():
       std, bias = consts[name]
-      kernel = stream[:, offset:offset + size] * std
+      kernel = stream[:, offset : offset + size] * std
       offset += size
       params[name] = dict(
           kernel=kernel.reshape(shapes[name]["kernel"].shape),
-          bias=jnp.full(shapes[name]["bias"].shape, bias, jnp.float32))
+          bias=jnp.full(shapes[name]["bias"].shape, bias, jnp.float32),
+      )
     return params
 
   if mesh is None:
@@ -580,8 +713,9 @@ def init_params(config: ml_collections.ConfigDict, rng: Array,
   return jax.jit(init, out_shardings=shardings)(rng)
 
 
-def make_apply(config: ml_collections.ConfigDict, mesh: Mesh | None = None
-               ) -> Callable[..., Array]:
+def make_apply(
+    config: ml_collections.ConfigDict, mesh: Mesh | None = None
+) -> Callable[..., Array]:
   """Returns `apply(params, images, rng=None, train=False) -> logits`.
 
   `images` and the returned logits are global arrays (sharded over the mesh's
@@ -592,8 +726,9 @@ def make_apply(config: ml_collections.ConfigDict, mesh: Mesh | None = None
 
   def local_apply(params, images, rng):
     rngs = {"dropout": rng} if rng is not None else {}
-    return module.apply({"params": params}, images, train=rng is not None,
-                        rngs=rngs)
+    return module.apply(
+        {"params": params}, images, train=rng is not None, rngs=rngs
+    )
 
   def apply(params, images, rng=None, train=False):
     if train and rng is None:
@@ -602,13 +737,15 @@ def make_apply(config: ml_collections.ConfigDict, mesh: Mesh | None = None
     if mesh is None:
       return local_apply(params, images, rng)
     return parallel.shard_model(local_apply, mesh, params, rng)(
-        params, images, rng)
+        params, images, rng
+    )
 
   return apply
 
 
-def make_features(config: ml_collections.ConfigDict, mesh: Mesh | None = None
-                  ) -> Callable[[Any, Array], Array]:
+def make_features(
+    config: ml_collections.ConfigDict, mesh: Mesh | None = None
+) -> Callable[[Any, Array], Array]:
   """Returns `features(params, images) -> [B, num_towers * fc_features[1]]`.
 
   The last hidden layer, the space of the paper's Figure 4 (§6.1): fc7 after
@@ -620,28 +757,34 @@ def make_features(config: ml_collections.ConfigDict, mesh: Mesh | None = None
   module = build(config, mesh)
 
   def local_features(params, images):
-    _, state = module.apply({"params": params}, images, train=False,
-                            mutable=["intermediates"])
+    _, state = module.apply(
+        {"params": params}, images, train=False, mutable=["intermediates"]
+    )
     return state["intermediates"]["features"][0]
 
   def features(params, images):
     if mesh is None:
       return local_features(params, images)
     axis = parallel.tower_axis(mesh)
-    specs = (jax.tree.map(lambda _: parallel.P(), params) if axis is None
-             else parallel.param_specs(params))
+    specs = (
+        jax.tree.map(lambda _: parallel.P(), params)
+        if axis is None
+        else parallel.param_specs(params)
+    )
     return jax.shard_map(
-        local_features, mesh=mesh, in_specs=(specs, parallel.P(parallel.DATA)),
-        out_specs=parallel.P(parallel.DATA, axis), check_vma=True)(
-            params, images)
+        local_features,
+        mesh=mesh,
+        in_specs=(specs, parallel.P(parallel.DATA)),
+        out_specs=parallel.P(parallel.DATA, axis),
+        check_vma=True,
+    )(params, images)
 
   return features
 
 
 def param_shapes(config: ml_collections.ConfigDict) -> Any:
   """The parameter tree as ShapeDtypeStructs (nothing is computed)."""
-  return jax.eval_shape(lambda rng: init_params(config, rng),
-                        jax.random.key(0))
+  return jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0))
 
 
 def count_params(params: Any) -> int:

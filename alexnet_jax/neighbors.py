@@ -49,14 +49,17 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "A training workdir.")
   flags.DEFINE_string("split", "test", "Split of the query images.")
   flags.DEFINE_integer(
-      "num_queries", 0, "Query images (the first N of the split; 0 = all).")
+      "num_queries", 0, "Query images (the first N of the split; 0 = all)."
+  )
   flags.DEFINE_integer("show", 8, "Queries drawn in the picture.")
   flags.DEFINE_integer("neighbors", 6, "Neighbours per query.")
   flags.DEFINE_integer(
-      "max_train_images", 0, "Search the first N training images (0 = all).")
+      "max_train_images", 0, "Search the first N training images (0 = all)."
+  )
   flags.DEFINE_integer("mesh_model", 1, "Model axis of the mesh (any).")
   flags.DEFINE_string(
-      "output_dir", None, "Where the PNG and JSON go (default: --workdir).")
+      "output_dir", None, "Where the PNG and JSON go (default: --workdir)."
+  )
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -68,19 +71,24 @@ def nearest(queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
   """
   queries = queries.reshape(len(queries), -1).astype(np.float64)
   base = base.reshape(len(base), -1).astype(np.float64)
-  d2 = (np.square(queries).sum(1)[:, None] - 2 * queries @ base.T +
-        np.square(base).sum(1)[None, :])
+  d2 = (
+      np.square(queries).sum(1)[:, None]
+      - 2 * queries @ base.T
+      + np.square(base).sum(1)[None, :]
+  )
   return np.argsort(d2, axis=1, kind="stable")[:, :k]
 
 
-def label_agreement(query_labels: np.ndarray, base_labels: np.ndarray,
-                    index: np.ndarray) -> float:
+def label_agreement(
+    query_labels: np.ndarray, base_labels: np.ndarray, index: np.ndarray
+) -> float:
   """Fraction of the neighbours `index` [Q, k] with their query's label."""
   return float(np.mean(base_labels[index] == query_labels[:, None]))
 
 
-def compute_features(config, params, mesh, host_batches,
-                     limit: int = 0) -> dict[str, np.ndarray]:
+def compute_features(
+    config, params, mesh, host_batches, limit: int = 0
+) -> dict[str, np.ndarray]:
   """Features, crops and labels of the (unpadded) examples of a split.
 
   Args:
@@ -91,30 +99,39 @@ def compute_features(config, params, mesh, host_batches,
     limit: stop after this many examples (0 = all).
   """
   from alexnet_jax import run_data  # pylint: disable=g-import-not-at-top
+
   features_fn = jax.jit(model_lib.make_features(config.model, mesh))
   feats, images, labels = [], [], []
   count = 0
   for batch in host_batches:
     batch = {k: batch[k] for k in ("image", "label", "mask")}
     keep = np.asarray(batch["mask"]) > 0
-    f = features_fn(params, run_data.to_global_array(batch, mesh)[
-        "image"])
+    f = features_fn(params, run_data.to_global_array(batch, mesh)["image"])
     feats.append(np.asarray(jax.device_get(f))[keep])
     images.append(np.asarray(batch["image"])[keep])
     labels.append(np.asarray(batch["label"])[keep])
     count += int(keep.sum())
     if limit and count >= limit:
       break
-  out = dict(features=np.concatenate(feats), images=np.concatenate(images),
-             labels=np.concatenate(labels))
+  out = dict(
+      features=np.concatenate(feats),
+      images=np.concatenate(images),
+      labels=np.concatenate(labels),
+  )
   if limit:
     out = {k: v[:limit] for k, v in out.items()}
   return out
 
 
-def draw(queries: dict[str, np.ndarray], base: dict[str, np.ndarray],
-         feature_index: np.ndarray, pixel_index: np.ndarray,
-         mean_crop: np.ndarray, show: int, scale: int = 1) -> np.ndarray:
+def draw(
+    queries: dict[str, np.ndarray],
+    base: dict[str, np.ndarray],
+    feature_index: np.ndarray,
+    pixel_index: np.ndarray,
+    mean_crop: np.ndarray,
+    show: int,
+    scale: int = 1,
+) -> np.ndarray:
   """The grid: per row a query, its feature neighbours, its pixel neighbours.
 
   Images are the mean-subtracted crops plus `mean_crop` (0-255 scale).
@@ -128,6 +145,7 @@ def draw(queries: dict[str, np.ndarray], base: dict[str, np.ndarray],
   from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
 
   from alexnet_jax import figures  # pylint: disable=g-import-not-at-top
+
   crop = queries["images"].shape[1] * scale
   k = feature_index.shape[1]
   cell, gap, header = crop + 4, 12, 20
@@ -137,10 +155,20 @@ def draw(queries: dict[str, np.ndarray], base: dict[str, np.ndarray],
   pen = ImageDraw.Draw(image)
   small = figures.font(12)
   pen.text((2, header // 2), "query", "black", small, anchor="lm")
-  pen.text((cell + gap + 2, header // 2),
-           f"{k} nearest by the fc7 features", "black", small, anchor="lm")
-  pen.text((cell * (1 + k) + 2 * gap + 2, header // 2),
-           f"{k} nearest by raw pixels", "black", small, anchor="lm")
+  pen.text(
+      (cell + gap + 2, header // 2),
+      f"{k} nearest by the fc7 features",
+      "black",
+      small,
+      anchor="lm",
+  )
+  pen.text(
+      (cell * (1 + k) + 2 * gap + 2, header // 2),
+      f"{k} nearest by raw pixels",
+      "black",
+      small,
+      anchor="lm",
+  )
 
   def paste(x_img, left, top, frame=None):
     pixels = np.clip(np.round(x_img + mean_crop), 0, 255).astype(np.uint8)
@@ -158,22 +186,28 @@ def draw(queries: dict[str, np.ndarray], base: dict[str, np.ndarray],
       for j, n in enumerate(index[row]):
         left = cell * (1 + block * k + j) + gap * (1 + block)
         same = base["labels"][n] == label
-        paste(base["images"][n], left, top,
-              (0, 160, 0) if same else (200, 0, 0))
+        paste(
+            base["images"][n], left, top, (0, 160, 0) if same else (200, 0, 0)
+        )
   return np.asarray(image)
 
 
-def find_neighbors(queries: dict[str, np.ndarray], base: dict[str, np.ndarray],
-                   k: int) -> dict[str, Any]:
+def find_neighbors(
+    queries: dict[str, np.ndarray], base: dict[str, np.ndarray], k: int
+) -> dict[str, Any]:
   """Each query's k nearest training examples by features and by pixels."""
   feature_index = nearest(queries["features"], base["features"], k)
   pixel_index = nearest(queries["images"], base["images"], k)
   return dict(
-      feature_index=feature_index, pixel_index=pixel_index,
-      feature_same_label=label_agreement(queries["labels"], base["labels"],
-                                         feature_index),
-      pixel_same_label=label_agreement(queries["labels"], base["labels"],
-                                       pixel_index))
+      feature_index=feature_index,
+      pixel_index=pixel_index,
+      feature_same_label=label_agreement(
+          queries["labels"], base["labels"], feature_index
+      ),
+      pixel_same_label=label_agreement(
+          queries["labels"], base["labels"], pixel_index
+      ),
+  )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -194,8 +228,9 @@ def main(argv: Sequence[str]) -> None:
   cli.setup_devices(config)
   if jax.process_count() > 1:
     raise cli.UserError("neighbors runs in one process.")
-  mesh = parallel.make_mesh(-1, FLAGS.mesh_model,
-                            num_towers=config.model.num_towers)
+  mesh = parallel.make_mesh(
+      -1, FLAGS.mesh_model, num_towers=config.model.num_towers
+  )
   try:
     params, step = eval_lib.restore_params(workdir, config, mesh)
     data = run_data.Data(config, mesh)
@@ -204,23 +239,38 @@ def main(argv: Sequence[str]) -> None:
 
   def batches(split):
     ds = input_pipeline.make_eval_dataset(
-        data.builder, split, global_batch_size=config.eval_batch_size,
-        crop_size=config.model.image_size, crops="center", stats=data.stats)
+        data.builder,
+        split,
+        global_batch_size=config.eval_batch_size,
+        crop_size=config.model.image_size,
+        crops="center",
+        stats=data.stats,
+    )
     return ds.as_numpy_iterator()
 
-  queries = compute_features(config, params, mesh, batches(FLAGS.split),
-                             FLAGS.num_queries)
-  base = compute_features(config, params, mesh, batches(config.train_split),
-                          FLAGS.max_train_images)
+  queries = compute_features(
+      config, params, mesh, batches(FLAGS.split), FLAGS.num_queries
+  )
+  base = compute_features(
+      config, params, mesh, batches(config.train_split), FLAGS.max_train_images
+  )
   found = find_neighbors(queries, base, FLAGS.neighbors)
   size = data.stats.image_size
   top = input_pipeline.eval_patch_offsets(config.model.image_size, size)[4]
   crop = config.model.image_size
-  mean_crop = data.stats.mean_image[top[0]:top[0] + crop,
-                                    top[1]:top[1] + crop]
+  mean_crop = data.stats.mean_image[
+      top[0] : top[0] + crop, top[1] : top[1] + crop
+  ]
   scale = max(1, 96 // crop)
-  grid = draw(queries, base, found["feature_index"], found["pixel_index"],
-              mean_crop, FLAGS.show, scale)
+  grid = draw(
+      queries,
+      base,
+      found["feature_index"],
+      found["pixel_index"],
+      mean_crop,
+      FLAGS.show,
+      scale,
+  )
   out_dir = FLAGS.output_dir or workdir
   os.makedirs(out_dir, exist_ok=True)
   png = os.path.join(out_dir, "neighbors.png")
@@ -228,8 +278,11 @@ def main(argv: Sequence[str]) -> None:
   Image.fromarray(grid).save(png)
   show = min(FLAGS.show, len(queries["labels"]))
   result = dict(
-      workdir=workdir, step=step, split=FLAGS.split,
-      queries=len(queries["labels"]), train_images=len(base["labels"]),
+      workdir=workdir,
+      step=step,
+      split=FLAGS.split,
+      queries=len(queries["labels"]),
+      train_images=len(base["labels"]),
       neighbors=FLAGS.neighbors,
       feature_dim=int(queries["features"].shape[1]),
       feature_same_label=found["feature_same_label"],
@@ -237,17 +290,23 @@ def main(argv: Sequence[str]) -> None:
       shown=dict(
           query_labels=queries["labels"][:show].tolist(),
           feature_neighbor_labels=base["labels"][
-              found["feature_index"][:show]].tolist(),
+              found["feature_index"][:show]
+          ].tolist(),
           pixel_neighbor_labels=base["labels"][
-              found["pixel_index"][:show]].tolist()),
-      seconds=time.time() - start)
+              found["pixel_index"][:show]
+          ].tolist(),
+      ),
+      seconds=time.time() - start,
+  )
   with open(path, "w") as f:
     json.dump(result, f, indent=2)
-  print(f"{result['queries']} {FLAGS.split} queries, "
-        f"{result['train_images']} training images, "
-        f"{result['feature_dim']}-d features: neighbours with the query's "
-        f"label: {100 * result['feature_same_label']:.1f}% (fc7 features) "
-        f"vs {100 * result['pixel_same_label']:.1f}% (raw pixels)")
+  print(
+      f"{result['queries']} {FLAGS.split} queries, "
+      f"{result['train_images']} training images, "
+      f"{result['feature_dim']}-d features: neighbours with the query's "
+      f"label: {100 * result['feature_same_label']:.1f}% (fc7 features) "
+      f"vs {100 * result['pixel_same_label']:.1f}% (raw pixels)"
+  )
   print(f"wrote {png}\nwrote {path}")
 
 

@@ -70,9 +70,12 @@ def weight_decay_mask(params: Any, decay_biases: bool) -> Any:
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
-def paper_sgd(learning_rate: float | optax.ScalarOrSchedule,
-              momentum: float = 0.9, weight_decay: float = 5e-4,
-              decay_biases: bool = False) -> optax.GradientTransformation:
+def paper_sgd(
+    learning_rate: float | optax.ScalarOrSchedule,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    decay_biases: bool = False,
+) -> optax.GradientTransformation:
   """The §5 update rule (see the module docstring) with `learning_rate`.
 
   The rate is an injected hyperparameter: read or change it with
@@ -82,28 +85,31 @@ def paper_sgd(learning_rate: float | optax.ScalarOrSchedule,
   def make(learning_rate, momentum, weight_decay):
     return optax.chain(
         optax.add_decayed_weights(
-            weight_decay,
-            mask=lambda p: weight_decay_mask(p, decay_biases)),
+            weight_decay, mask=lambda p: weight_decay_mask(p, decay_biases)
+        ),
         optax.scale_by_learning_rate(learning_rate),
         optax.trace(decay=momentum, nesterov=False),
     )
 
   return optax.inject_hyperparams(make)(
-      learning_rate=learning_rate, momentum=momentum,
-      weight_decay=weight_decay)
+      learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay
+  )
 
 
-def step_schedule(base: float, boundaries: tuple[int, ...],
-                  factor: float = 0.1) -> optax.Schedule:
+def step_schedule(
+    base: float, boundaries: tuple[int, ...], factor: float = 0.1
+) -> optax.Schedule:
   """base * factor^(number of boundaries passed); e.g. /10 every 30 epochs."""
   if list(boundaries) != sorted(boundaries):
     raise ValueError(f"optim.boundaries={boundaries} must be increasing.")
   return optax.piecewise_constant_schedule(
-      base, {int(b): factor for b in boundaries})
+      base, {int(b): factor for b in boundaries}
+  )
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   steps_per_epoch: int = 1) -> optax.GradientTransformation:
+def make_optimizer(
+    config: ml_collections.ConfigDict, steps_per_epoch: int = 1
+) -> optax.GradientTransformation:
   """The optimizer for an `optim` config (see `default_config`).
 
   `steps_per_epoch` converts the "steps" schedule's epochs into steps.
@@ -111,14 +117,17 @@ def make_optimizer(config: ml_collections.ConfigDict,
   if config.schedule == "plateau":
     lr = config.learning_rate  # Changed by PlateauSchedule between steps.
   elif config.schedule == "steps":
-    boundaries = tuple(int(round(e * steps_per_epoch))
-                       for e in config.boundary_epochs)
+    boundaries = tuple(
+        int(round(e * steps_per_epoch)) for e in config.boundary_epochs
+    )
     lr = step_schedule(config.learning_rate, boundaries, config.factor)
   else:
     raise ValueError(
-        f"optim.schedule={config.schedule!r}: use 'plateau' or 'steps'.")
-  return paper_sgd(lr, config.momentum, config.weight_decay,
-                   config.decay_biases)
+        f"optim.schedule={config.schedule!r}: use 'plateau' or 'steps'."
+    )
+  return paper_sgd(
+      lr, config.momentum, config.weight_decay, config.decay_biases
+  )
 
 
 def get_learning_rate(opt_state: Any) -> jax.Array:
@@ -133,7 +142,8 @@ def set_learning_rate(opt_state: Any, value: float) -> Any:
   hyperparams["learning_rate"] = jax.numpy.asarray(value, old.dtype)
   if hasattr(old, "sharding"):
     hyperparams["learning_rate"] = jax.device_put(
-        hyperparams["learning_rate"], old.sharding)
+        hyperparams["learning_rate"], old.sharding
+    )
   return opt_state._replace(hyperparams=hyperparams)
 
 
@@ -158,6 +168,7 @@ class PlateauSchedule:
   `drops` records each drop: epoch, step, the validation error of the
   evaluation that caused it, the two window means and the new rate.
   """
+
   base_lr: float = 0.01
   factor: float = 0.1
   max_drops: int = 3
@@ -176,15 +187,19 @@ class PlateauSchedule:
     if self.patience_epochs <= 0 or self.min_epochs_per_rate < 0:
       raise ValueError(
           f"optim.patience_epochs={self.patience_epochs} must be > 0 and "
-          f"optim.min_epochs_per_rate={self.min_epochs_per_rate} >= 0.")
+          f"optim.min_epochs_per_rate={self.min_epochs_per_rate} >= 0."
+      )
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> PlateauSchedule:
-    return cls(base_lr=config.learning_rate, factor=config.factor,
-               max_drops=config.max_drops,
-               patience_epochs=config.patience_epochs,
-               min_improvement=config.min_improvement,
-               min_epochs_per_rate=config.min_epochs_per_rate)
+    return cls(
+        base_lr=config.learning_rate,
+        factor=config.factor,
+        max_drops=config.max_drops,
+        patience_epochs=config.patience_epochs,
+        min_improvement=config.min_improvement,
+        min_epochs_per_rate=config.min_epochs_per_rate,
+    )
 
   @property
   def learning_rate(self) -> float:
@@ -201,14 +216,16 @@ class PlateauSchedule:
     """
     p, eps = self.patience_epochs, 1e-6
     last = [e for t, e in self.history if t > epoch - p + eps]
-    before = [e for t, e in self.history
-              if epoch - 2 * p + eps < t <= epoch - p + eps]
+    before = [
+        e for t, e in self.history if epoch - 2 * p + eps < t <= epoch - p + eps
+    ]
     if not last or not before:
       return None
     return float(np.mean(last)), float(np.mean(before))
 
-  def update(self, val_error: float, epoch: float,
-             step: int | None = None) -> float:
+  def update(
+      self, val_error: float, epoch: float, step: int | None = None
+  ) -> float:
     """Records a validation error; returns the learning rate to use next."""
     if not np.isfinite(val_error):
       raise ValueError(f"validation error {val_error} is not finite.")
@@ -219,25 +236,40 @@ class PlateauSchedule:
       self.rate_start_epoch = epoch
     self.history.append((epoch, val_error))
     means = self.window_means(epoch)
-    if (epoch - self.rate_start_epoch < self.min_epochs_per_rate - 1e-6 or
-        means is None or means[0] < means[1] - self.min_improvement):
+    if (
+        epoch - self.rate_start_epoch < self.min_epochs_per_rate - 1e-6
+        or means is None
+        or means[0] < means[1] - self.min_improvement
+    ):
       return self.learning_rate
-    event = dict(epoch=epoch, step=step, val_error=val_error,
-                 mean_error=means[0], previous_mean_error=means[1])
+    event = dict(
+        epoch=epoch,
+        step=step,
+        val_error=val_error,
+        mean_error=means[0],
+        previous_mean_error=means[1],
+    )
     if len(self.drops) >= self.max_drops:
       self.stop = event
     else:
-      self.drops.append(dict(event, new_learning_rate=self.base_lr *
-                             self.factor ** (len(self.drops) + 1)))
+      self.drops.append(
+          dict(
+              event,
+              new_learning_rate=self.base_lr
+              * self.factor ** (len(self.drops) + 1),
+          )
+      )
       self.rate_start_epoch = epoch
       self.history = []
     return self.learning_rate
 
   def state_dict(self) -> dict[str, Any]:
-    return dict(rate_start_epoch=self.rate_start_epoch,
-                history=[list(h) for h in self.history],
-                drops=[dict(d) for d in self.drops],
-                stop=None if self.stop is None else dict(self.stop))
+    return dict(
+        rate_start_epoch=self.rate_start_epoch,
+        history=[list(h) for h in self.history],
+        drops=[dict(d) for d in self.drops],
+        stop=None if self.stop is None else dict(self.stop),
+    )
 
   def load_state_dict(self, state: dict[str, Any]) -> None:
     if isinstance(state.get("drops"), int):
@@ -245,9 +277,10 @@ class PlateauSchedule:
       # drop count): its drops' epochs are unknown, and the current rate
       # counts as starting at the next evaluation.
       unknown = dict(epoch=None, step=None, val_error=None)
-      self.drops = [dict(unknown, new_learning_rate=self.base_lr *
-                         self.factor ** (i + 1))
-                    for i in range(state["drops"])]
+      self.drops = [
+          dict(unknown, new_learning_rate=self.base_lr * self.factor ** (i + 1))
+          for i in range(state["drops"])
+      ]
       self.stop = unknown if state.get("done") else None
       self.rate_start_epoch, self.history = None, []
       return

@@ -169,8 +169,11 @@ def param_specs(params: Any) -> Any:
 
 
 def named_shardings(mesh: Mesh, specs: Any) -> Any:
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                      is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(
+      lambda s: NamedSharding(mesh, s),
+      specs,
+      is_leaf=lambda x: isinstance(x, P),
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -196,7 +199,8 @@ def process_data_shard(mesh: Mesh) -> tuple[int, int]:
   if len(sizes) != 1 or sorted(covered) != list(range(mesh.shape[DATA])):
     raise MeshError(
         f"the mesh's data rows are split unevenly over processes ({groups}); "
-        "make every process hold the same number of whole data rows.")
+        "make every process hold the same number of whole data rows."
+    )
   return groups.index(tuple(sorted(rows[jax.process_index()]))), len(groups)
 
 
@@ -210,8 +214,12 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
   return {k: jax.device_put(v, sharding) for k, v in batch.items()}
 
 
-def shard_model(local_apply: Callable[..., jax.Array], mesh: Mesh,
-                params: Any, rng: jax.Array | None) -> Callable[..., jax.Array]:
+def shard_model(
+    local_apply: Callable[..., jax.Array],
+    mesh: Mesh,
+    params: Any,
+    rng: jax.Array | None,
+) -> Callable[..., jax.Array]:
   """Wraps `local_apply(params, images, rng) -> logits` in `jax.shard_map`.
 
   Each device gets its towers' parameters (param_specs), its data shard of
@@ -226,9 +234,12 @@ def shard_model(local_apply: Callable[..., jax.Array], mesh: Mesh,
   else:
     specs = param_specs(params)
   return jax.shard_map(
-      local_apply, mesh=mesh,
+      local_apply,
+      mesh=mesh,
       in_specs=(specs, P(DATA), rng_spec),
-      out_specs=P(DATA), check_vma=True)
+      out_specs=P(DATA),
+      check_vma=True,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -286,8 +297,9 @@ def sum_towers(x: jax.Array, axis_name: str | None) -> jax.Array:
   return jax.lax.psum(x, axis_name)
 
 
-def neighbour_channels(x: jax.Array, axis_name: str | None, before: int,
-                       after: int) -> tuple[jax.Array, jax.Array]:
+def neighbour_channels(
+    x: jax.Array, axis_name: str | None, before: int, after: int
+) -> tuple[jax.Array, jax.Array]:
   """The channels next to this device's block in the whole channel axis.
 
   Returns (the last `before` channels of the previous device along
@@ -301,8 +313,10 @@ def neighbour_channels(x: jax.Array, axis_name: str | None, before: int,
   """
   shape = x.shape[:-1]
   if axis_name is None:
-    return (jax.numpy.zeros(shape + (before,), x.dtype),
-            jax.numpy.zeros(shape + (after,), x.dtype))
+    return (
+        jax.numpy.zeros(shape + (before,), x.dtype),
+        jax.numpy.zeros(shape + (after,), x.dtype),
+    )
   size = jax.lax.axis_size(axis_name)
 
   def send(part, pairs):
@@ -312,6 +326,9 @@ def neighbour_channels(x: jax.Array, axis_name: str | None, before: int,
     # predecessor, the last device from its successor).
     return jax.lax.ppermute(part, axis_name, pairs)
 
-  return (send(x[..., x.shape[-1] - before:],
-               [(i, i + 1) for i in range(size - 1)]),
-          send(x[..., :after], [(i + 1, i) for i in range(size - 1)]))
+  return (
+      send(
+          x[..., x.shape[-1] - before :], [(i, i + 1) for i in range(size - 1)]
+      ),
+      send(x[..., :after], [(i + 1, i) for i in range(size - 1)]),
+  )

@@ -55,18 +55,33 @@ def _define_flags() -> None:
   """The command line's flags (defined when run, not when imported)."""
   flags.DEFINE_string("npz", None, "Weights in the Caffe layout (.npz).")
   config_flags.DEFINE_config_file(
-      "config", None, "Config of the --npz model (and its data set's "
-      "classes).", lock_config=True)
-  flags.DEFINE_enum("input_channels", "rgb", ["rgb", "bgr"],
-                    "Channel order the --npz conv1 expects.")
+      "config",
+      None,
+      "Config of the --npz model (and its data set's " "classes).",
+      lock_config=True,
+  )
+  flags.DEFINE_enum(
+      "input_channels",
+      "rgb",
+      ["rgb", "bgr"],
+      "Channel order the --npz conv1 expects.",
+  )
   flags.DEFINE_string(
-      "mean", None, ".npz with mean_image [256, 256, 3] (the prepared "
-      "image side; 256 in the paper), RGB, 0-255.")
-  flags.DEFINE_enum("crops", "center", ["center", "ten"],
-                    "center crop, or the paper's 10 patches.")
+      "mean",
+      None,
+      ".npz with mean_image [256, 256, 3] (the prepared "
+      "image side; 256 in the paper), RGB, 0-255.",
+  )
+  flags.DEFINE_enum(
+      "crops",
+      "center",
+      ["center", "ten"],
+      "center crop, or the paper's 10 patches.",
+  )
   flags.DEFINE_integer("top", 5, "How many classes to print.")
-  flags.DEFINE_string("labels", None,
-                      "Class names, one per line in label order.")
+  flags.DEFINE_string(
+      "labels", None, "Class names, one per line in label order."
+  )
   flags.DEFINE_boolean("json", False, "Print JSON.")
   flags.DEFINE_integer("mesh_data", -1, "Data axis of the mesh.")
   flags.DEFINE_integer("mesh_model", 1, "Model axis of the mesh.")
@@ -88,17 +103,22 @@ def load_mean(path: str, crop_size: int) -> np.ndarray:
         raise PredictError(
             f"--mean={path} holds {f.files}, no 'mean_image'. Give the file "
             "`python -m alexnet_jax.weights convert --mean_out=...` wrote, "
-            "or a data directory's input_stats_*.npz.")
+            "or a data directory's input_stats_*.npz."
+        )
       mean = np.asarray(f["mean_image"], np.float32)
   except (OSError, ValueError, zipfile.BadZipFile) as e:
-    raise PredictError(f"--mean={path} is not a readable .npz ({e})."
-                       ) from None
-  if (mean.ndim != 3 or mean.shape[0] != mean.shape[1] or
-      mean.shape[2] != 3 or mean.shape[0] < crop_size):
+    raise PredictError(f"--mean={path} is not a readable .npz ({e}).") from None
+  if (
+      mean.ndim != 3
+      or mean.shape[0] != mean.shape[1]
+      or mean.shape[2] != 3
+      or mean.shape[0] < crop_size
+  ):
     raise PredictError(
         f"--mean={path}: mean_image has shape {mean.shape}; it must be "
         f"[s, s, 3], s at least the crop size {crop_size} (256 in the "
-        "paper).")
+        "paper)."
+    )
   return mean
 
 
@@ -112,12 +132,12 @@ def read_labels(path: str, num_classes: int) -> list[str]:
   if len(names) != num_classes:
     raise PredictError(
         f"--labels={path} names {len(names)} classes; the model has "
-        f"{num_classes}.")
+        f"{num_classes}."
+    )
   return names
 
 
-def dataset_class_names(config: ml_collections.ConfigDict
-                        ) -> list[str] | None:
+def dataset_class_names(config: ml_collections.ConfigDict) -> list[str] | None:
   """The data set's class names in label order, or None if not at hand.
 
   ILSVRC-2010 (and the generated mini set): meta.mat's `words`, read from
@@ -134,24 +154,32 @@ def dataset_class_names(config: ml_collections.ConfigDict
   num_classes = config.model.num_classes
   if config.dataset.startswith("ilsvrc2010"):
     manual_dir = config.get("manual_dir") or os.path.join(
-        config.data_dir, "downloads", "manual")
+        config.data_dir, "downloads", "manual"
+    )
     devkit = os.path.join(manual_dir, release.DEVKIT_TAR)
     if not os.path.isfile(devkit):
       return None
     meta = archives.read_members(devkit, [release.META_MEMBER])
     synsets = release_metadata.class_synsets(
         release_metadata.parse_meta_mat(meta[release.META_MEMBER], devkit),
-        num_classes, devkit)
+        num_classes,
+        devkit,
+    )
     return [f"{s.wnid} {s.words}" for s in synsets]
   builder = data_lib.get_builder(config.dataset, data_dir=config.data_dir)
   names = list(builder.info.features["label"].names)
   return names if len(names) == num_classes else None
 
 
-def predict_images(config: ml_collections.ConfigDict, params: Any,
-                   mesh: Mesh, images: Sequence[bytes],
-                   mean_image: np.ndarray, crops: str = "center",
-                   per_shard: int = 8) -> np.ndarray:
+def predict_images(
+    config: ml_collections.ConfigDict,
+    params: Any,
+    mesh: Mesh,
+    images: Sequence[bytes],
+    mean_image: np.ndarray,
+    crops: str = "center",
+    per_shard: int = 8,
+) -> np.ndarray:
   """Class probabilities [N, num_classes] of encoded images (any format).
 
   The preprocessing is the evaluation pipeline's: shorter side s, central
@@ -176,20 +204,31 @@ def predict_images(config: ml_collections.ConfigDict, params: Any,
   # pylint: enable=g-import-not-at-top
 
   batch_size = mesh.shape[parallel.DATA] * min(
-      per_shard, math.ceil(len(images) / mesh.shape[parallel.DATA]))
-  records = tf.data.Dataset.from_tensor_slices({
-      "image": tf.constant(list(images), tf.string),
-      "label": tf.zeros(len(images), tf.int64)})
+      per_shard, math.ceil(len(images) / mesh.shape[parallel.DATA])
+  )
+  records = tf.data.Dataset.from_tensor_slices(
+      {
+          "image": tf.constant(list(images), tf.string),
+          "label": tf.zeros(len(images), tf.int64),
+      }
+  )
   # Only the mean image is read for evaluation batches; the covariance
   # (PCA lighting, training only) is not known for a given mean file.
   stats = input_stats.InputStats(
-      mean_image=mean_image, pixel_covariance=np.full((3, 3), np.nan),
-      num_images=0)
+      mean_image=mean_image,
+      pixel_covariance=np.full((3, 3), np.nan),
+      num_images=0,
+  )
   ds = input_pipeline.eval_dataset_from_records(
-      records, num_records=len(images),
-      num_batches=math.ceil(len(images) / batch_size), batch_size=batch_size,
-      crop_size=config.model.image_size, crops=crops, stats=stats,
-      images_prepared=None)
+      records,
+      num_records=len(images),
+      num_batches=math.ceil(len(images) / batch_size),
+      batch_size=batch_size,
+      crop_size=config.model.image_size,
+      crops=crops,
+      stats=stats,
+      images_prepared=None,
+  )
   predict = steps.make_predict(config.model, mesh)
   probs = []
   for batch in run_data.global_batches(ds, mesh):
@@ -199,13 +238,20 @@ def predict_images(config: ml_collections.ConfigDict, params: Any,
   return np.concatenate(probs)
 
 
-def top_classes(probs: np.ndarray, k: int, names: Sequence[str] | None
-                ) -> list[dict[str, Any]]:
+def top_classes(
+    probs: np.ndarray, k: int, names: Sequence[str] | None
+) -> list[dict[str, Any]]:
   """The k most probable classes of one example, most probable first."""
   order = np.argsort(-probs, kind="stable")[:k]
-  return [dict(rank=r + 1, label=int(i), probability=float(probs[i]),
-               name=names[i] if names else f"class {i}")
-          for r, i in enumerate(order)]
+  return [
+      dict(
+          rank=r + 1,
+          label=int(i),
+          probability=float(probs[i]),
+          name=names[i] if names else f"class {i}",
+      )
+      for r, i in enumerate(order)
+  ]
 
 
 def read_images(paths: Sequence[str]) -> list[bytes]:
@@ -223,7 +269,8 @@ def read_images(paths: Sequence[str]) -> list[bytes]:
     except (tf.errors.InvalidArgumentError, ValueError) as e:
       raise PredictError(
           f"{path} is not an image TensorFlow can decode (JPEG, PNG, GIF, "
-          f"BMP): {getattr(e, 'message', e)}") from None
+          f"BMP): {getattr(e, 'message', e)}"
+      ) from None
     images.append(data)
   return images
 
@@ -234,8 +281,9 @@ def main(argv: Sequence[str]) -> None:
     raise cli.UserError("give one or more photos to classify.")
   npz = FLAGS.npz
   if not npz or not FLAGS.mean:
-    raise cli.UserError("give --npz (the weights) and --mean (the mean "
-                        "image, see --help).")
+    raise cli.UserError(
+        "give --npz (the weights) and --mean (the mean " "image, see --help)."
+    )
   config = cli.config_value(FLAGS["config"])
   if config is None:
     raise cli.UserError("--npz needs --config (the model it fits).")
@@ -251,8 +299,9 @@ def main(argv: Sequence[str]) -> None:
   else:
     names = dataset_class_names(config)
   cli.setup_devices(config)
-  mesh = parallel.make_mesh(FLAGS.mesh_data, FLAGS.mesh_model,
-                            num_towers=config.model.num_towers)
+  mesh = parallel.make_mesh(
+      FLAGS.mesh_data, FLAGS.mesh_model, num_towers=config.model.num_towers
+  )
   shapes = model_lib.param_shapes(config.model)
   try:
     host = weights.import_npz(npz, shapes, FLAGS.input_channels)
@@ -260,13 +309,16 @@ def main(argv: Sequence[str]) -> None:
     raise cli.UserError(f"--npz={npz}: {e}") from None
   except (OSError, ValueError, zipfile.BadZipFile) as e:
     raise cli.UserError(
-        f"--npz={npz} is not a readable .npz file ({e}).") from None
-  params = jax.device_put(host, parallel.named_shardings(
-      mesh, parallel.param_specs(shapes)))
+        f"--npz={npz} is not a readable .npz file ({e})."
+    ) from None
+  params = jax.device_put(
+      host, parallel.named_shardings(mesh, parallel.param_specs(shapes))
+  )
   probs = predict_images(config, params, mesh, images, mean, FLAGS.crops)
-  results = [dict(file=path, crops=FLAGS.crops,
-                  top=top_classes(p, FLAGS.top, names))
-             for path, p in zip(paths, probs)]
+  results = [
+      dict(file=path, crops=FLAGS.crops, top=top_classes(p, FLAGS.top, names))
+      for path, p in zip(paths, probs)
+  ]
   if FLAGS.json:
     print(json.dumps(dict(npz=npz, results=results), indent=2))
     return

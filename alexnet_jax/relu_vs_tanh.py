@@ -62,7 +62,8 @@ FILES = dict(
     train_images="train-images-idx3-ubyte.gz",
     train_labels="train-labels-idx1-ubyte.gz",
     test_images="t10k-images-idx3-ubyte.gz",
-    test_labels="t10k-labels-idx1-ubyte.gz")
+    test_labels="t10k-labels-idx1-ubyte.gz",
+)
 
 FLAGS = flags.FLAGS
 
@@ -74,31 +75,49 @@ def define_flags() -> None:
   another program's (e.g. --workdir) in a process that imports both
   (the tests).
   """
-  flags.DEFINE_string("workdir", "workdirs/relu_vs_tanh",
-                      "Where the PNG and the JSON go.")
   flags.DEFINE_string(
-      "data_dir", DEFAULT_DATA_DIR,
-      f"Fashion-MNIST's gzipped IDX files (Debian package {DEBIAN_PACKAGE}).")
+      "workdir", "workdirs/relu_vs_tanh", "Where the PNG and the JSON go."
+  )
+  flags.DEFINE_string(
+      "data_dir",
+      DEFAULT_DATA_DIR,
+      f"Fashion-MNIST's gzipped IDX files (Debian package {DEBIAN_PACKAGE}).",
+  )
   flags.DEFINE_integer(
-      "max_train_images", 0,
+      "max_train_images",
+      0,
       "Train on the first N of a seeded shuffle of the 60,000 training "
-      "images (0 = all).")
-  flags.DEFINE_float("epochs", 0.25,
-                     "Epochs each run trains (fractions allowed).")
-  flags.DEFINE_list("relu_learning_rates", ["0.01", "0.03", "0.1", "0.3"],
-                    "Learning-rate grid of the ReLU net.")
-  flags.DEFINE_list("tanh_learning_rates", ["0.01", "0.03", "0.1", "0.3"],
-                    "Learning-rate grid of the tanh net.")
-  flags.DEFINE_float("target_error", 0.25,
-                     "Training error to reach (the paper: 25%).")
+      "images (0 = all).",
+  )
+  flags.DEFINE_float(
+      "epochs", 0.25, "Epochs each run trains (fractions allowed)."
+  )
   flags.DEFINE_list(
-      "extra_targets", ["0.2", "0.15"],
-      "Further training errors reported the same way (not in the paper).")
-  flags.DEFINE_integer("evals_per_epoch", 40,
-                       "Training-error measurements per epoch.")
+      "relu_learning_rates",
+      ["0.01", "0.03", "0.1", "0.3"],
+      "Learning-rate grid of the ReLU net.",
+  )
+  flags.DEFINE_list(
+      "tanh_learning_rates",
+      ["0.01", "0.03", "0.1", "0.3"],
+      "Learning-rate grid of the tanh net.",
+  )
+  flags.DEFINE_float(
+      "target_error", 0.25, "Training error to reach (the paper: 25%)."
+  )
+  flags.DEFINE_list(
+      "extra_targets",
+      ["0.2", "0.15"],
+      "Further training errors reported the same way (not in the paper).",
+  )
   flags.DEFINE_integer(
-      "error_images", 1000,
-      "Size of the fixed training subset the error is measured on.")
+      "evals_per_epoch", 40, "Training-error measurements per epoch."
+  )
+  flags.DEFINE_integer(
+      "error_images",
+      1000,
+      "Size of the fixed training subset the error is measured on.",
+  )
   flags.DEFINE_integer("batch_size", 128, "SGD batch size.")
   flags.DEFINE_integer("seed", 0, "Init, shuffles and subsets.")
 
@@ -114,29 +133,34 @@ def read_idx(path: str) -> np.ndarray:
   if data[:2] != b"\0\0" or data[2] != 0x08:
     raise DataError(f"{path} is not an IDX file of unsigned bytes.")
   ndim = data[3]
-  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big")
-                for i in range(ndim))
+  shape = tuple(
+      int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
+  )
   array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
   if array.size != np.prod(shape):
     raise DataError(f"{path}: {array.size} bytes for shape {shape}.")
   return array.reshape(shape)
 
 
-def load_fashion_mnist(data_dir: str = DEFAULT_DATA_DIR
-                       ) -> dict[str, np.ndarray]:
+def load_fashion_mnist(
+    data_dir: str = DEFAULT_DATA_DIR,
+) -> dict[str, np.ndarray]:
   """Fashion-MNIST: train/test images [N, 28, 28] uint8 and labels [N]."""
-  missing = [n for n in FILES.values()
-             if not os.path.exists(os.path.join(data_dir, n))]
+  missing = [
+      n for n in FILES.values() if not os.path.exists(os.path.join(data_dir, n))
+  ]
   if missing:
     raise DataError(
         f"Fashion-MNIST not found in {data_dir} (missing {', '.join(missing)})"
         f". Install the Debian package {DEBIAN_PACKAGE}: `sudo apt-get "
-        f"install {DEBIAN_PACKAGE}`, or pass --data_dir.")
+        f"install {DEBIAN_PACKAGE}`, or pass --data_dir."
+    )
   return {k: read_idx(os.path.join(data_dir, n)) for k, n in FILES.items()}
 
 
 class FourLayerNet(nn.Module):
   """The paper's four-layer CIFAR-10 net: 3 convolutions and 1 classifier."""
+
   activation: str = "relu"
   features: Sequence[int] = (32, 32, 64)
   num_classes: int = 10
@@ -155,8 +179,9 @@ def prepare_images(images: np.ndarray, mean: np.ndarray) -> np.ndarray:
   return (images.astype(np.float32) / 255.0 - mean)[..., None]
 
 
-def first_crossing(epochs: Sequence[float], errors: Sequence[float],
-                   target: float) -> float | None:
+def first_crossing(
+    epochs: Sequence[float], errors: Sequence[float], target: float
+) -> float | None:
   """Epochs at which `errors` first reaches `target` (linear interpolation).
 
   None if it never does. A curve that starts at or below the target
@@ -184,12 +209,15 @@ def _compiled(activation: str):
     def loss_fn(p):
       logits = net.apply({"params": p}, images)
       return optax.softmax_cross_entropy_with_integer_labels(
-          logits, labels).mean()
+          logits, labels
+      ).mean()
+
     grads = jax.grad(loss_fn)(params)
     # SGD with momentum 0.9 (§5's rule without weight decay):
     # v <- 0.9 v - lr grad; w <- w + v.
-    velocity = jax.tree.map(lambda v, g: 0.9 * v - learning_rate * g,
-                            velocity, grads)
+    velocity = jax.tree.map(
+        lambda v, g: 0.9 * v - learning_rate * g, velocity, grads
+    )
     return jax.tree.map(jnp.add, params, velocity), velocity
 
   @jax.jit
@@ -200,9 +228,16 @@ def _compiled(activation: str):
   return net, step, errors
 
 
-def train_run(activation: str, learning_rate: float, data: dict[str, Any],
-              *, epochs: float, evals_per_epoch: int, batch_size: int,
-              seed: int) -> dict[str, Any]:
+def train_run(
+    activation: str,
+    learning_rate: float,
+    data: dict[str, Any],
+    *,
+    epochs: float,
+    evals_per_epoch: int,
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
   """Trains one net; returns its training-error curve."""
   net, step, errors = _compiled(activation)
   x, y = data["x"], data["y"]
@@ -213,9 +248,16 @@ def train_run(activation: str, learning_rate: float, data: dict[str, Any],
   lr = jnp.float32(learning_rate)
 
   def error_rate(params):
-    wrong = sum(int(errors(params, data["error_x"][i:i + 500],
-                           data["error_y"][i:i + 500]))
-                for i in range(0, len(data["error_y"]), 500))
+    wrong = sum(
+        int(
+            errors(
+                params,
+                data["error_x"][i : i + 500],
+                data["error_y"][i : i + 500],
+            )
+        )
+        for i in range(0, len(data["error_y"]), 500)
+    )
     return wrong / len(data["error_y"])
 
   steps_per_epoch = len(y) // batch_size
@@ -232,18 +274,26 @@ def train_run(activation: str, learning_rate: float, data: dict[str, Any],
   for s in range(total):
     if s % steps_per_epoch == 0:
       order = rng.permutation(len(y))
-    i = order[(s % steps_per_epoch) * batch_size:][:batch_size]
+    i = order[(s % steps_per_epoch) * batch_size :][:batch_size]
     params, velocity = step(params, velocity, x[i], y[i], lr)
     if (s + 1) % eval_every == 0 or s + 1 == total:
       curve_epochs.append((s + 1) / steps_per_epoch)
       curve_errors.append(error_rate(params))
-  return dict(activation=activation, learning_rate=learning_rate,
-              epochs=curve_epochs, train_error=curve_errors,
-              seconds=time.time() - start)
+  return dict(
+      activation=activation,
+      learning_rate=learning_rate,
+      epochs=curve_epochs,
+      train_error=curve_errors,
+      seconds=time.time() - start,
+  )
 
 
-def make_data(raw: dict[str, np.ndarray], max_train_images: int,
-              error_images: int, seed: int) -> dict[str, np.ndarray]:
+def make_data(
+    raw: dict[str, np.ndarray],
+    max_train_images: int,
+    error_images: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
   """The training subset and the fixed subset the error is measured on."""
   n = len(raw["train_labels"])
   order = np.random.default_rng(seed).permutation(n)
@@ -255,46 +305,74 @@ def make_data(raw: dict[str, np.ndarray], max_train_images: int,
   return dict(x=x, y=y, error_x=x[:k], error_y=y[:k])
 
 
-def run_figure(data: dict[str, np.ndarray], learning_rates: dict[str, list],
-               *, target: float, extra_targets: Sequence[float],
-               epochs: float, evals_per_epoch: int, batch_size: int,
-               seed: int, log=print) -> dict[str, Any]:
+def run_figure(
+    data: dict[str, np.ndarray],
+    learning_rates: dict[str, list],
+    *,
+    target: float,
+    extra_targets: Sequence[float],
+    epochs: float,
+    evals_per_epoch: int,
+    batch_size: int,
+    seed: int,
+    log=print,
+) -> dict[str, Any]:
   """Trains every (activation, learning rate); picks each's fastest rate."""
   runs = []
   for activation, lrs in learning_rates.items():
     for lr in lrs:
-      run = train_run(activation, lr, data, epochs=epochs,
-                      evals_per_epoch=evals_per_epoch,
-                      batch_size=batch_size, seed=seed)
+      run = train_run(
+          activation,
+          lr,
+          data,
+          epochs=epochs,
+          evals_per_epoch=evals_per_epoch,
+          batch_size=batch_size,
+          seed=seed,
+      )
       run["epochs_to_target"] = {
           str(t): first_crossing(run["epochs"], run["train_error"], t)
-          for t in (target, *extra_targets)}
+          for t in (target, *extra_targets)
+      }
       runs.append(run)
       reached = run["epochs_to_target"][str(target)]
-      log(f"{activation} lr {lr:g}: final training error "
+      log(
+          f"{activation} lr {lr:g}: final training error "
           f"{100 * run['train_error'][-1]:.1f}%, epochs to "
           f"{100 * target:g}%: "
           f"{'not reached' if reached is None else f'{reached:.3f}'} "
-          f"({run['seconds']:.0f} s)")
+          f"({run['seconds']:.0f} s)"
+      )
 
   def best(activation, t):
     """The run of `activation` that reaches error `t` first."""
-    done = [r for r in runs if r["activation"] == activation and
-            r["epochs_to_target"][str(t)] is not None]
-    return min(done, key=lambda r: r["epochs_to_target"][str(t)],
-               default=None)
+    done = [
+        r
+        for r in runs
+        if r["activation"] == activation
+        and r["epochs_to_target"][str(t)] is not None
+    ]
+    return min(done, key=lambda r: r["epochs_to_target"][str(t)], default=None)
 
   summary = {}
   for t in (target, *extra_targets):
     row = {}
     for activation in learning_rates:
       b = best(activation, t)
-      row[activation] = None if b is None else dict(
-          learning_rate=b["learning_rate"], epochs=b["epochs_to_target"][
-              str(t)])
+      row[activation] = (
+          None
+          if b is None
+          else dict(
+              learning_rate=b["learning_rate"],
+              epochs=b["epochs_to_target"][str(t)],
+          )
+      )
     relu, tanh = row.get("relu"), row.get("tanh")
-    row["tanh_over_relu"] = (tanh["epochs"] / relu["epochs"] if relu and tanh
-                             and relu["epochs"] > 0 else None)
+    row["tanh_over_relu"] = (
+        tanh["epochs"] / relu["epochs"]
+        if relu and tanh and relu["epochs"] > 0
+        else None
+    )
     summary[str(t)] = row
   return dict(target_error=target, runs=runs, summary=summary)
 
@@ -302,26 +380,39 @@ def run_figure(data: dict[str, np.ndarray], learning_rates: dict[str, list],
 def draw(result: dict[str, Any]) -> np.ndarray:
   """Training error vs epochs of each activation's fastest rate."""
   from alexnet_jax import figures  # pylint: disable=g-import-not-at-top
+
   target = result["target_error"]
   series = []
   for activation, style in (("relu", "solid"), ("tanh", "dashed")):
     best = result["summary"][str(target)].get(activation)
     if best is None:  # Never reached: draw its lowest-error run.
-      candidates = [r for r in result["runs"]
-                    if r["activation"] == activation]
+      candidates = [r for r in result["runs"] if r["activation"] == activation]
       if not candidates:
         continue
       run = min(candidates, key=lambda r: min(r["train_error"]))
     else:
-      run = next(r for r in result["runs"] if r["activation"] == activation
-                 and r["learning_rate"] == best["learning_rate"])
-    series.append(dict(
-        x=run["epochs"], y=run["train_error"], style=style,
-        label=f"{activation} (lr {run['learning_rate']:g})"))
+      run = next(
+          r
+          for r in result["runs"]
+          if r["activation"] == activation
+          and r["learning_rate"] == best["learning_rate"]
+      )
+    series.append(
+        dict(
+            x=run["epochs"],
+            y=run["train_error"],
+            style=style,
+            label=f"{activation} (lr {run['learning_rate']:g})",
+        )
+    )
   return figures.line_plot(
-      series, hlines=[(target, f"{100 * target:g}%")], xlabel="epochs",
-      ylabel="training error", y_range=(0.0, 1.0),
-      title="Figure 1: ReLU (solid) vs tanh (dashed)")
+      series,
+      hlines=[(target, f"{100 * target:g}%")],
+      xlabel="epochs",
+      ylabel="training error",
+      y_range=(0.0, 1.0),
+      title="Figure 1: ReLU (solid) vs tanh (dashed)",
+  )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -329,38 +420,59 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   raw = load_fashion_mnist(FLAGS.data_dir)
   start = time.time()
-  data = make_data(raw, FLAGS.max_train_images, FLAGS.error_images,
-                   FLAGS.seed)
-  lrs = dict(relu=[float(v) for v in FLAGS.relu_learning_rates],
-             tanh=[float(v) for v in FLAGS.tanh_learning_rates])
+  data = make_data(raw, FLAGS.max_train_images, FLAGS.error_images, FLAGS.seed)
+  lrs = dict(
+      relu=[float(v) for v in FLAGS.relu_learning_rates],
+      tanh=[float(v) for v in FLAGS.tanh_learning_rates],
+  )
   result = run_figure(
-      data, lrs, target=FLAGS.target_error,
+      data,
+      lrs,
+      target=FLAGS.target_error,
       extra_targets=[float(t) for t in FLAGS.extra_targets],
-      epochs=FLAGS.epochs, evals_per_epoch=FLAGS.evals_per_epoch,
-      batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+      epochs=FLAGS.epochs,
+      evals_per_epoch=FLAGS.evals_per_epoch,
+      batch_size=FLAGS.batch_size,
+      seed=FLAGS.seed,
+  )
   result.update(
-      data=dict(name="Fashion-MNIST", data_dir=FLAGS.data_dir,
-                train_images=len(data["y"]),
-                error_images=len(data["error_y"]),
-                image_shape=list(data["x"].shape[1:])),
-      seed=FLAGS.seed, batch_size=FLAGS.batch_size,
-      evals_per_epoch=FLAGS.evals_per_epoch, seconds=time.time() - start,
-      devices=str(jax.devices()))
+      data=dict(
+          name="Fashion-MNIST",
+          data_dir=FLAGS.data_dir,
+          train_images=len(data["y"]),
+          error_images=len(data["error_y"]),
+          image_shape=list(data["x"].shape[1:]),
+      ),
+      seed=FLAGS.seed,
+      batch_size=FLAGS.batch_size,
+      evals_per_epoch=FLAGS.evals_per_epoch,
+      seconds=time.time() - start,
+      devices=str(jax.devices()),
+  )
   os.makedirs(FLAGS.workdir, exist_ok=True)
   png = os.path.join(FLAGS.workdir, "relu_vs_tanh.png")
   path = os.path.join(FLAGS.workdir, "relu_vs_tanh.json")
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   Image.fromarray(draw(result)).save(png)
   with open(path, "w") as f:
     json.dump(result, f, indent=2)
   for t, row in result["summary"].items():
-    parts = [f"{a}: " + ("not reached" if row[a] is None else
-                         f"{row[a]['epochs']:.3f} epochs (lr "
-                         f"{row[a]['learning_rate']:g})")
-             for a in lrs]
+    parts = [
+        f"{a}: "
+        + (
+            "not reached"
+            if row[a] is None
+            else f"{row[a]['epochs']:.3f} epochs (lr "
+            f"{row[a]['learning_rate']:g})"
+        )
+        for a in lrs
+    ]
     ratio = row["tanh_over_relu"]
-    print(f"training error {100 * float(t):g}%: {'; '.join(parts)}; "
-          f"tanh / relu = {'n/a' if ratio is None else f'{ratio:.2f}'}")
+    print(
+        f"training error {100 * float(t):g}%: {'; '.join(parts)}; "
+        f"tanh / relu = {'n/a' if ratio is None else f'{ratio:.2f}'}"
+    )
   print(f"wrote {png}\nwrote {path}")
 
 

@@ -45,7 +45,8 @@ class Data:
     if config.dataset == "ilsvrc2010_mini":
       self._generate_mini(config)
     self.builder = data_lib.get_builder(
-        config.dataset, data_dir=config.data_dir, **options)
+        config.dataset, data_dir=config.data_dir, **options
+    )
     # Process 0 prepares the data and the statistics; the others wait for
     # it and then read what it wrote.
     if jax.process_index() == 0:
@@ -59,21 +60,29 @@ class Data:
     # is; only training needs it, so then it is computed on first use and
     # evaluating with a given mean needs no pass over the training images.
     mean_file = config.get("mean_image_file")
-    self.mean_image = (input_stats.load_mean_image(mean_file, self.image_size)
-                       if mean_file else None)
+    self.mean_image = (
+        input_stats.load_mean_image(mean_file, self.image_size)
+        if mean_file
+        else None
+    )
     if self.mean_image is None:
       self.stats = self._computed_stats()
     else:
       # What evaluation reads: the mean (no covariance is known for it).
       self.stats = input_stats.InputStats(
           mean_image=self.mean_image,
-          pixel_covariance=np.full((3, 3), np.nan), num_images=0)
+          pixel_covariance=np.full((3, 3), np.nan),
+          num_images=0,
+      )
     # Which slice of every batch this process reads (processes holding the
     # same data rows of the mesh read the same one).
     self.shard, self.num_shards = parallel.process_data_shard(mesh)
     self.steps_per_epoch = input_splits.train_steps_per_epoch(
-        self.builder, global_batch_size=config.batch_size,
-        process_count=self.num_shards, split=config.train_split)
+        self.builder,
+        global_batch_size=config.batch_size,
+        process_count=self.num_shards,
+        split=config.train_split,
+    )
 
   def _generate_mini(self, config):
     """Writes the mini release into manual_dir if it is not there yet."""
@@ -90,8 +99,11 @@ class Data:
 
   def _stats(self) -> input_stats.InputStats:
     return input_stats.compute_or_load_stats(
-        self.builder, max_images=self.config.stats_max_images,
-        split=self.config.train_split, image_size=self.image_size)
+        self.builder,
+        max_images=self.config.stats_max_images,
+        split=self.config.train_split,
+        image_size=self.image_size,
+    )
 
   def _computed_stats(self) -> input_stats.InputStats:
     """The training images' statistics: process 0 computes (or loads)
@@ -107,8 +119,9 @@ class Data:
     process must call it (it may compute the statistics)."""
     if self.mean_image is None:
       return self.stats
-    return dataclasses.replace(self._computed_stats(),
-                               mean_image=self.mean_image)
+    return dataclasses.replace(
+        self._computed_stats(), mean_image=self.mean_image
+    )
 
   def train_batches(self, start_step: int) -> Iterator[dict[str, jax.Array]]:
     """The endless training stream from `start_step` on (a generator).
@@ -117,24 +130,35 @@ class Data:
     iterator at once, not in interpreter teardown.
     """
     ds = input_pipeline.make_train_dataset(
-        self.builder, global_batch_size=self.config.batch_size,
-        crop_size=self.config.model.image_size, seed=self.config.seed,
-        stats=self.train_stats(), start_step=start_step,
-        process_index=self.shard, process_count=self.num_shards,
+        self.builder,
+        global_batch_size=self.config.batch_size,
+        crop_size=self.config.model.image_size,
+        seed=self.config.seed,
+        stats=self.train_stats(),
+        start_step=start_step,
+        process_index=self.shard,
+        process_count=self.num_shards,
         split=self.config.train_split,
         shuffle_buffer_size=self.config.shuffle_buffer_size,
         pca_lighting_std=self.config.pca_lighting_std,
-        pca_lighting_scale=self.config.pca_lighting_scale)
+        pca_lighting_scale=self.config.pca_lighting_scale,
+    )
     return global_batches(ds, self.mesh)
 
-  def eval_batches(self, split: str,
-                   crops: str) -> Iterator[dict[str, jax.Array]]:
+  def eval_batches(
+      self, split: str, crops: str
+  ) -> Iterator[dict[str, jax.Array]]:
     """One pass over `split`, every example once (padded and masked)."""
     ds = input_pipeline.make_eval_dataset(
-        self.builder, split, global_batch_size=self.config.eval_batch_size,
-        crop_size=self.config.model.image_size, crops=crops,
-        stats=self.stats, process_index=self.shard,
-        process_count=self.num_shards)
+        self.builder,
+        split,
+        global_batch_size=self.config.eval_batch_size,
+        crop_size=self.config.model.image_size,
+        crops=crops,
+        stats=self.stats,
+        process_index=self.shard,
+        process_count=self.num_shards,
+    )
     return global_batches(ds, self.mesh)
 
 
@@ -143,8 +167,9 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def to_global_array(batch: Mapping[str, np.ndarray],
-                    mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+def to_global_array(
+    batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
+) -> dict[str, jax.Array]:
   """Assembles the global batch from every process's local batch.
 
   The leading (batch) axis is sharded over the mesh's `data` axis and
@@ -162,23 +187,26 @@ def to_global_array(batch: Mapping[str, np.ndarray],
     jax.Arrays of global shape [local_batch * distinct data shards, ...].
   """
   sharding = jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec(parallel.DATA))
+      mesh, jax.sharding.PartitionSpec(parallel.DATA)
+  )
   _, num_shards = parallel.process_data_shard(mesh)
 
   def to_global(key, x):
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
-      raise TypeError(f"Batch entry {key!r} has dtype {x.dtype}; only numeric"
-                      " arrays can become jax.Arrays (drop it first).")
+      raise TypeError(
+          f"Batch entry {key!r} has dtype {x.dtype}; only numeric"
+          " arrays can become jax.Arrays (drop it first)."
+      )
     global_shape = (x.shape[0] * num_shards,) + x.shape[1:]
     return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
   return {key: to_global(key, x) for key, x in batch.items()}
 
 
-def global_batches(ds: tf.data.Dataset,
-                   mesh: jax.sharding.Mesh) -> Iterator[dict[str, jax.Array]]:
+def global_batches(
+    ds: tf.data.Dataset, mesh: jax.sharding.Mesh
+) -> Iterator[dict[str, jax.Array]]:
   """Iterates `ds` as global, `data`-sharded jax.Arrays."""
   for batch in ds.as_numpy_iterator():
     yield to_global_array(batch, mesh)
-

@@ -36,48 +36,69 @@ Batch = dict[str, Array]
 class TrainState:
   """Everything a step changes. The dropout key of step s is
   fold_in(rng, s), so a run resumed at step s draws the same masks."""
+
   step: Array
   params: Any
   opt_state: Any
   rng: Array
 
 
-def state_shardings(tx: optax.GradientTransformation, mesh: Mesh,
-                    abstract_state: TrainState) -> TrainState:
+def state_shardings(
+    tx: optax.GradientTransformation, mesh: Mesh, abstract_state: TrainState
+) -> TrainState:
   """Shardings of a TrainState: every params-shaped tree like the params."""
   param_shardings = parallel.named_shardings(
-      mesh, parallel.param_specs(abstract_state.params))
+      mesh, parallel.param_specs(abstract_state.params)
+  )
   replicated = NamedSharding(mesh, P())
   opt_shardings = optax.tree_map_params(
-      tx, lambda _, sharding: sharding, abstract_state.opt_state,
-      param_shardings, transform_non_params=lambda _: replicated)
-  return TrainState(step=replicated, params=param_shardings,
-                    opt_state=opt_shardings, rng=replicated)
+      tx,
+      lambda _, sharding: sharding,
+      abstract_state.opt_state,
+      param_shardings,
+      transform_non_params=lambda _: replicated,
+  )
+  return TrainState(
+      step=replicated,
+      params=param_shardings,
+      opt_state=opt_shardings,
+      rng=replicated,
+  )
 
 
-def _initial_state(tx: optax.GradientTransformation, params: Any,
-                   rng: Array) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params), rng=rng)
+def _initial_state(
+    tx: optax.GradientTransformation, params: Any, rng: Array
+) -> TrainState:
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      rng=rng,
+  )
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
-                         steps_per_epoch: int = 1
-                         ) -> tuple[TrainState, TrainState]:
+def abstract_train_state(
+    config: ml_collections.ConfigDict, mesh: Mesh, steps_per_epoch: int = 1
+) -> tuple[TrainState, TrainState]:
   """(shapes of the TrainState, its shardings); nothing is computed.
 
   The shapes are what a checkpoint restores into (on any mesh).
   """
   tx = optim.make_optimizer(config.optim, steps_per_epoch)
-  abstract = jax.eval_shape(functools.partial(_initial_state, tx),
-                            model_lib.param_shapes(config.model),
-                            jax.random.key(0))
+  abstract = jax.eval_shape(
+      functools.partial(_initial_state, tx),
+      model_lib.param_shapes(config.model),
+      jax.random.key(0),
+  )
   return abstract, state_shardings(tx, mesh, abstract)
 
 
-def create_train_state(config: ml_collections.ConfigDict, rng: Array,
-                       mesh: Mesh, steps_per_epoch: int = 1
-                       ) -> tuple[TrainState, TrainState]:
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    rng: Array,
+    mesh: Mesh,
+    steps_per_epoch: int = 1,
+) -> tuple[TrainState, TrainState]:
   """Initial TrainState, created directly with its shardings.
 
   `config` has `model` and `optim` sections. Returns (state, shardings).
@@ -86,15 +107,17 @@ def create_train_state(config: ml_collections.ConfigDict, rng: Array,
   tx = optim.make_optimizer(config.optim, steps_per_epoch)
   params = model_lib.init_params(config.model, params_rng, mesh)
   _, shardings = abstract_train_state(config, mesh, steps_per_epoch)
-  state = jax.jit(functools.partial(_initial_state, tx),
-                  out_shardings=shardings)(params, dropout_rng)
+  state = jax.jit(
+      functools.partial(_initial_state, tx), out_shardings=shardings
+  )(params, dropout_rng)
   return state, shardings
 
 
 def cross_entropy(logits: Array, labels: Array) -> Array:
   """Per-example softmax cross-entropy, in float32."""
   return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels)
+      logits.astype(jnp.float32), labels
+  )
 
 
 def topk_errors(scores: Array, labels: Array) -> tuple[Array, Array]:
@@ -111,13 +134,16 @@ def topk_errors(scores: Array, labels: Array) -> tuple[Array, Array]:
   rank = jnp.sum(scores >= true_score, axis=-1) - 1
   invalid = ~jnp.all(jnp.isfinite(scores), axis=-1)
   return ((rank >= 1) | invalid).astype(jnp.float32), (
-      (rank >= k) | invalid).astype(jnp.float32)
+      (rank >= k) | invalid
+  ).astype(jnp.float32)
 
 
-def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
-                    shardings: TrainState, steps_per_epoch: int = 1
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState,
-                                                             dict[str, Array]]]:
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    shardings: TrainState,
+    steps_per_epoch: int = 1,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Array]]]:
   """A jitted `train_step(state, batch) -> (state, metrics)`.
 
   `batch` has `image` [B, S, S, 3] and `label` [B], sharded over DATA. The
@@ -134,24 +160,35 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
       return cross_entropy(logits, batch["label"]).mean(), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+        state.params
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     top1, top5 = topk_errors(logits, batch["label"])
-    metrics = dict(loss=loss, top1_error=top1.mean(), top5_error=top5.mean(),
-                   # The rate this update used (recorded by the update).
-                   learning_rate=optim.get_learning_rate(opt_state))
-    new_state = state.replace(step=state.step + 1, params=params,
-                              opt_state=opt_state)
+    metrics = dict(
+        loss=loss,
+        top1_error=top1.mean(),
+        top5_error=top5.mean(),
+        # The rate this update used (recorded by the update).
+        learning_rate=optim.get_learning_rate(opt_state),
+    )
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state
+    )
     return new_state, metrics
 
   batch_sharding = parallel.batch_sharding(mesh)
-  return jax.jit(train_step, in_shardings=(shardings, batch_sharding),
-                 out_shardings=(shardings, None), donate_argnums=0)
+  return jax.jit(
+      train_step,
+      in_shardings=(shardings, batch_sharding),
+      out_shardings=(shardings, None),
+      donate_argnums=0,
+  )
 
 
-def make_predict(model_config: ml_collections.ConfigDict, mesh: Mesh
-                 ) -> Callable[[Any, Array], Array]:
+def make_predict(
+    model_config: ml_collections.ConfigDict, mesh: Mesh
+) -> Callable[[Any, Array], Array]:
   """A jitted `predict(params, images) -> log-probabilities [B, K]`.
 
   images [B, S, S, 3], or [B, C, S, S, 3] for C crops per example: the
@@ -171,11 +208,16 @@ def make_predict(model_config: ml_collections.ConfigDict, mesh: Mesh
   return jax.jit(predict)
 
 
-def error_sums(log_probs: Array, labels: Array, mask: Array
-               ) -> dict[str, Array]:
+def error_sums(
+    log_probs: Array, labels: Array, mask: Array
+) -> dict[str, Array]:
   """Sums over the real examples (mask 1) of loss, top-1/top-5 errors."""
   mask = mask.astype(jnp.float32)
   top1, top5 = topk_errors(log_probs, labels)
   nll = -jnp.take_along_axis(log_probs, labels[:, None], -1)[:, 0]
-  return dict(loss=jnp.sum(nll * mask), top1_error=jnp.sum(top1 * mask),
-              top5_error=jnp.sum(top5 * mask), count=jnp.sum(mask))
+  return dict(
+      loss=jnp.sum(nll * mask),
+      top1_error=jnp.sum(top1 * mask),
+      top5_error=jnp.sum(top5 * mask),
+      count=jnp.sum(mask),
+  )

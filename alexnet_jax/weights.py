@@ -57,8 +57,9 @@ def _check_channels(input_channels: str) -> None:
     raise ValueError(f"input_channels={input_channels!r}: 'rgb' or 'bgr'.")
 
 
-def to_caffe_layout(params: Any, input_channels: str = "rgb"
-                    ) -> dict[str, np.ndarray]:
+def to_caffe_layout(
+    params: Any, input_channels: str = "rgb"
+) -> dict[str, np.ndarray]:
   """Our parameter tree -> {name: array} in the Caffe layout (module doc)."""
   _check_channels(input_channels)
   p = jax.tree.map(np.asarray, jax.device_get(params))
@@ -94,8 +95,9 @@ def to_caffe_layout(params: Any, input_channels: str = "rgb"
   return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-def from_caffe_layout(arrays: dict[str, np.ndarray], like: Any,
-                      input_channels: str = "rgb") -> Any:
+def from_caffe_layout(
+    arrays: dict[str, np.ndarray], like: Any, input_channels: str = "rgb"
+) -> Any:
   """{name: array} in the Caffe layout -> a parameter tree shaped `like`.
 
   `like` is a parameter tree (or its `jax.eval_shape`) of the target model;
@@ -104,21 +106,30 @@ def from_caffe_layout(arrays: dict[str, np.ndarray], like: Any,
   """
   _check_channels(input_channels)
   shapes = jax.tree.map(lambda x: tuple(x.shape), like)
-  expected = {k: v.shape for k, v in to_caffe_layout(
-      jax.tree.map(lambda s: np.zeros(s, np.float32), shapes,
-                   is_leaf=lambda x: isinstance(x, tuple))).items()}
+  expected = {
+      k: v.shape
+      for k, v in to_caffe_layout(
+          jax.tree.map(
+              lambda s: np.zeros(s, np.float32),
+              shapes,
+              is_leaf=lambda x: isinstance(x, tuple),
+          )
+      ).items()
+  }
   missing = sorted(set(expected) - set(arrays))
   unexpected = sorted(set(arrays) - set(expected))
   if missing or unexpected:
     raise WeightsError(
         f"weights do not fit the model: missing {missing}, unexpected "
-        f"{unexpected}. Expected names: {sorted(expected)}.")
+        f"{unexpected}. Expected names: {sorted(expected)}."
+    )
   for name, shape in expected.items():
     if tuple(arrays[name].shape) != shape:
       raise WeightsError(
           f"weights entry {name!r} has shape {tuple(arrays[name].shape)}, "
           f"the model needs {shape} (Caffe layout; check model widths, "
-          "num_classes and image_size in the config).")
+          "num_classes and image_size in the config)."
+      )
   a = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
   params = {}
   for name in model_lib.CONV_LAYERS:
@@ -130,33 +141,39 @@ def from_caffe_layout(arrays: dict[str, np.ndarray], like: Any,
       w = w[:, ::-1]
     params[name] = dict(
         kernel=w.reshape(towers, cout, cin, kh, kw).transpose(0, 3, 4, 2, 1),
-        bias=a[f"{name}.bias"].reshape(towers, cout))
+        bias=a[f"{name}.bias"].reshape(towers, cout),
+    )
   towers, rows, units = shapes["fc6"]["kernel"]
   c5 = shapes["conv5"]["kernel"][-1]
   side = int(round((rows // c5) ** 0.5))
   w6 = a["fc6.weight"].T.reshape(towers, c5, side, side, units)
   params["fc6"] = dict(
       kernel=w6.transpose(0, 2, 3, 1, 4).reshape(towers, rows, units),
-      bias=a["fc6.bias"].reshape(shapes["fc6"]["bias"]))
+      bias=a["fc6.bias"].reshape(shapes["fc6"]["bias"]),
+  )
   towers, fc6_units, f7 = shapes["fc7"]["kernel"]
   w7 = a["fc7.weight"].T  # [in, T*O]
   params["fc7"] = dict(
       kernel=w7.reshape(fc6_units, towers, f7).transpose(1, 0, 2),
-      bias=a["fc7.bias"].reshape(towers, f7))
+      bias=a["fc7.bias"].reshape(towers, f7),
+  )
   params["fc8"] = dict(
       kernel=a["fc8.weight"].T.reshape(shapes["fc8"]["kernel"]),
-      bias=a["fc8.bias"])
+      bias=a["fc8.bias"],
+  )
   return jax.tree.map(np.ascontiguousarray, params)
 
 
-def export_npz(path: str | os.PathLike[str], params: Any,
-               input_channels: str = "rgb") -> None:
+def export_npz(
+    path: str | os.PathLike[str], params: Any, input_channels: str = "rgb"
+) -> None:
   """Writes `params` to `path` in the Caffe layout."""
   np.savez(path, **to_caffe_layout(params, input_channels))
 
 
-def import_npz(path: str | os.PathLike[str], like: Any,
-               input_channels: str = "rgb") -> Any:
+def import_npz(
+    path: str | os.PathLike[str], like: Any, input_channels: str = "rgb"
+) -> Any:
   """Reads an .npz in the Caffe layout into a tree shaped like `like`.
 
   The result is host numpy arrays; place them with
@@ -193,9 +210,11 @@ fc7.weight and fc8.weight are multiplied by 1 - rate, so nn.Dropout
 """
 
 
-def to_torch_layout(arrays: dict[str, np.ndarray],
-                    model_config: Any, input_channels: str = "rgb"
-                    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def to_torch_layout(
+    arrays: dict[str, np.ndarray],
+    model_config: Any,
+    input_channels: str = "rgb",
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """Caffe-layout arrays -> (tensors, metadata) as in `SAFETENSORS`.
 
   Args:
@@ -219,9 +238,11 @@ def to_torch_layout(arrays: dict[str, np.ndarray],
   # torch.nn.LocalResponseNorm divides alpha by size, like Caffe.
   alpha = lrn.alpha if lrn.convention == "caffe" else lrn.alpha * size
   towers = model_config.num_towers
-  lrn_span = ("over all channels of the layer (all towers)"
-              if lrn.get("across_towers", False) else
-              f"within each of the {towers} towers")
+  lrn_span = (
+      "over all channels of the layer (all towers)"
+      if lrn.get("across_towers", False)
+      else f"within each of the {towers} towers"
+  )
   metadata = {
       "format": "pt",
       "alexnet_jax.layout": "two-tower AlexNet (Krizhevsky et al. 2012)",
@@ -229,29 +250,41 @@ def to_torch_layout(arrays: dict[str, np.ndarray],
       "alexnet_jax.image_size": str(model_config.image_size),
       "alexnet_jax.conv1": (
           "stride 4, zero padding bottom/right "
-          f"{model_lib.conv1_padding(model_config.image_size)}"),
+          f"{model_lib.conv1_padding(model_config.image_size)}"
+      ),
       "alexnet_jax.conv2_to_conv5": "stride 1; pad 2 (conv2), 1 (others)",
       "alexnet_jax.groups": f"conv2, conv4, conv5: {towers}",
       "alexnet_jax.activation": model_config.get("activation", "relu"),
       "alexnet_jax.lrn": (
-          "none" if not lrn.get("enabled", True) else
-          f"after the activation of conv1 and conv2, {lrn_span}: "
+          "none"
+          if not lrn.get("enabled", True)
+          else f"after the activation of conv1 and conv2, {lrn_span}: "
           f"torch.nn.LocalResponseNorm(size={size}, "
-          f"alpha={alpha!r}, beta={lrn.beta!r}, k={lrn.k!r})"),
-      "alexnet_jax.pool": (f"max, window {model_config.pool_window}, stride "
-                           f"{model_config.pool_stride}, after norm1, "
-                           "norm2 and conv5"),
+          f"alpha={alpha!r}, beta={lrn.beta!r}, k={lrn.k!r})"
+      ),
+      "alexnet_jax.pool": (
+          f"max, window {model_config.pool_window}, stride "
+          f"{model_config.pool_stride}, after norm1, "
+          "norm2 and conv5"
+      ),
       "alexnet_jax.dropout": (
           f"rate {rate} after fc6 and fc7; "
-          + ("test-time scaling folded into fc7, fc8"
-             if rate and scaling == "paper" else "inverted")),
+          + (
+              "test-time scaling folded into fc7, fc8"
+              if rate and scaling == "paper"
+              else "inverted"
+          )
+      ),
   }
   return out, metadata
 
 
-def export_safetensors(path: str | os.PathLike[str],
-                       arrays: dict[str, np.ndarray], model_config: Any,
-                       input_channels: str = "rgb") -> None:
+def export_safetensors(
+    path: str | os.PathLike[str],
+    arrays: dict[str, np.ndarray],
+    model_config: Any,
+    input_channels: str = "rgb",
+) -> None:
   """Writes Caffe-layout `arrays` as safetensors (`SAFETENSORS`)."""
   # pylint: disable-next=g-import-not-at-top
   from safetensors import numpy as st_numpy
@@ -268,18 +301,25 @@ def _define_flags() -> None:
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
   flags.DEFINE_string("caffemodel", None, "convert: Caffe's .caffemodel.")
-  flags.DEFINE_string("mean", None,
-                      "convert: Caffe's mean image (.binaryproto).")
-  flags.DEFINE_string("mean_out", None,
-                      "convert: where the mean image .npz goes.")
+  flags.DEFINE_string(
+      "mean", None, "convert: Caffe's mean image (.binaryproto)."
+  )
+  flags.DEFINE_string(
+      "mean_out", None, "convert: where the mean image .npz goes."
+  )
   flags.DEFINE_string("npz", None, "export: weights in the Caffe layout.")
-  flags.DEFINE_string("workdir", None,
-                      "export: a training workdir (its latest checkpoint).")
-  flags.DEFINE_enum("input_channels", "rgb", ["rgb", "bgr"],
-                    "export: conv1's input order in --npz (bgr: Caffe's).")
+  flags.DEFINE_string(
+      "workdir", None, "export: a training workdir (its latest checkpoint)."
+  )
+  flags.DEFINE_enum(
+      "input_channels",
+      "rgb",
+      ["rgb", "bgr"],
+      "export: conv1's input order in --npz (bgr: Caffe's).",
+  )
   config_flags.DEFINE_config_file(
-      "config", None, "export: the config of the --npz model.",
-      lock_config=True)
+      "config", None, "export: the config of the --npz model.", lock_config=True
+  )
   flags.DEFINE_string("out", None, "Output file (.npz or .safetensors).")
 
 
@@ -295,13 +335,17 @@ def _convert(values: dict[str, Any]) -> None:
   mean = caffe.read_mean(values["mean"]) if values["mean"] else None
   print(f"{values['caffemodel']}: {conversion.report()}")
   np.savez(values["out"], **conversion.arrays)
-  print(f"wrote {values['out']} (Caffe layout, conv1 input channels BGR: "
-        "use --input_channels=bgr)")
+  print(
+      f"wrote {values['out']} (Caffe layout, conv1 input channels BGR: "
+      "use --input_channels=bgr)"
+  )
   if mean is not None:
     np.savez(values["mean_out"], mean_image=mean)
-    print(f"{values['mean']}: mean image {list(caffe.MEAN_SHAPE)} BGR; wrote "
-          f"{values['mean_out']} (mean_image [256, 256, 3] RGB, per-channel "
-          f"means {[round(float(v), 2) for v in mean.mean(axis=(0, 1))]})")
+    print(
+        f"{values['mean']}: mean image {list(caffe.MEAN_SHAPE)} BGR; wrote "
+        f"{values['mean_out']} (mean_image [256, 256, 3] RGB, per-channel "
+        f"means {[round(float(v), 2) for v in mean.mean(axis=(0, 1))]})"
+    )
 
 
 def _restore_workdir(workdir: str) -> tuple[Any, Any]:
@@ -323,10 +367,14 @@ def _export(values: dict[str, Any], config: Any) -> None:
   from alexnet_jax import cli  # pylint: disable=g-import-not-at-top
 
   out, workdir = values["out"], values["workdir"]
-  if not out or bool(values["npz"]) == bool(workdir) or (
-      values["npz"] and config is None):
-    raise cli.UserError("export needs --out and either --npz with --config, "
-                        "or --workdir.")
+  if (
+      not out
+      or bool(values["npz"]) == bool(workdir)
+      or (values["npz"] and config is None)
+  ):
+    raise cli.UserError(
+        "export needs --out and either --npz with --config, " "or --workdir."
+    )
   if workdir:
     config, params = _restore_workdir(workdir)
     if out.endswith(".npz"):
@@ -355,10 +403,20 @@ def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in commands:
     raise cli.UserError(
         f"give one command, {' or '.join(commands)}; got {argv[1:]}. See "
-        "`python -m alexnet_jax.weights --help`.")
-  values = {name: flags.FLAGS[name].value for name in (
-      "caffemodel", "mean", "mean_out", "npz", "workdir", "input_channels",
-      "out")}
+        "`python -m alexnet_jax.weights --help`."
+    )
+  values = {
+      name: flags.FLAGS[name].value
+      for name in (
+          "caffemodel",
+          "mean",
+          "mean_out",
+          "npz",
+          "workdir",
+          "input_channels",
+          "out",
+      )
+  }
   if argv[1] == "convert":
     _convert(values)
   else:

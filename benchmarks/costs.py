@@ -28,8 +28,7 @@ PAPER_FORWARD_MACS = 724e6
 # ---------------------------------------------------------------------------
 
 
-def forward_macs_per_image(config: ml_collections.ConfigDict
-                           ) -> dict[str, int]:
+def forward_macs_per_image(config: ml_collections.ConfigDict) -> dict[str, int]:
   """Multiply-adds of each conv and fc layer for one image, forward.
 
   conv: H_out * W_out * C_out * (k * k * C_in_per_output), where
@@ -43,8 +42,9 @@ def forward_macs_per_image(config: ml_collections.ConfigDict
   towers = config.num_towers
   c1, c2, c3, c4, c5 = (towers * c for c in config.conv_features)
   f6, f7 = (towers * f for f in config.fc_features)
-  sizes = model_lib.spatial_sizes(config.image_size, config.pool_window,
-                                  config.pool_stride)
+  sizes = model_lib.spatial_sizes(
+      config.image_size, config.pool_window, config.pool_stride
+  )
 
   def conv(size, out, kernel, inputs):
     return size * size * out * kernel * kernel * inputs
@@ -65,18 +65,24 @@ def forward_macs_per_image(config: ml_collections.ConfigDict
   return macs
 
 
-def _valid_taps(size: int, out: int, kernel: int, stride: int,
-                pad_low: int) -> int:
+def _valid_taps(
+    size: int, out: int, kernel: int, stride: int, pad_low: int
+) -> int:
   """Kernel taps, summed over output positions, that land inside the input.
 
   Along one spatial dimension; the rest fall on zero padding.
   """
-  return sum(1 for o in range(out) for j in range(kernel)
-             if 0 <= o * stride - pad_low + j < size)
+  return sum(
+      1
+      for o in range(out)
+      for j in range(kernel)
+      if 0 <= o * stride - pad_low + j < size
+  )
 
 
-def forward_macs_without_padding(config: ml_collections.ConfigDict
-                                 ) -> dict[str, int]:
+def forward_macs_without_padding(
+    config: ml_collections.ConfigDict,
+) -> dict[str, int]:
   """`forward_macs_per_image` without the taps that multiply zero padding.
 
   This is what XLA's cost analysis counts for a padded convolution (conv1's
@@ -84,20 +90,29 @@ def forward_macs_without_padding(config: ml_collections.ConfigDict
   the analytic figure to hold XLA's `cost_analysis()` against.
   """
   macs = forward_macs_per_image(config)
-  sizes = model_lib.spatial_sizes(config.image_size, config.pool_window,
-                                  config.pool_stride)
-  inputs = dict(conv1=config.image_size, conv2=sizes["pool1"],
-                conv3=sizes["pool2"], conv4=sizes["conv3"],
-                conv5=sizes["conv4"])
-  for name, kernel, stride in (("conv1", 11, 4), ("conv2", 5, 1),
-                               ("conv3", 3, 1), ("conv4", 3, 1),
-                               ("conv5", 3, 1)):
+  sizes = model_lib.spatial_sizes(
+      config.image_size, config.pool_window, config.pool_stride
+  )
+  inputs = dict(
+      conv1=config.image_size,
+      conv2=sizes["pool1"],
+      conv3=sizes["pool2"],
+      conv4=sizes["conv3"],
+      conv5=sizes["conv4"],
+  )
+  for name, kernel, stride in (
+      ("conv1", 11, 4),
+      ("conv2", 5, 1),
+      ("conv3", 3, 1),
+      ("conv4", 3, 1),
+      ("conv5", 3, 1),
+  ):
     if name not in macs:
       continue
     pad_low = 0 if name == "conv1" else (kernel - 1) // 2
     valid = _valid_taps(inputs[name], sizes[name], kernel, stride, pad_low)
     # Every tap is an equal share of the layer's multiply-adds.
-    macs[name] = macs[name] * valid ** 2 // (sizes[name] * kernel) ** 2
+    macs[name] = macs[name] * valid**2 // (sizes[name] * kernel) ** 2
   return macs
 
 
@@ -129,9 +144,12 @@ def analytic_flops(config: ml_collections.ConfigDict) -> dict[str, Any]:
 # Collectives: parsed from the compiled HLO, and the analytic minimum.
 # ---------------------------------------------------------------------------
 
-def analytic_collective_bytes(config: ml_collections.ConfigDict,
-                              mesh_shape: tuple[int, int],
-                              batch_size: int) -> dict[str, Any]:
+
+def analytic_collective_bytes(
+    config: ml_collections.ConfigDict,
+    mesh_shape: tuple[int, int],
+    batch_size: int,
+) -> dict[str, Any]:
   """Minimum bytes each device sends per train step for the chosen scheme.
 
   Values per image per device on a model axis of m devices, T towers (S2:
@@ -166,8 +184,9 @@ def analytic_collective_bytes(config: ml_collections.ConfigDict,
     towers = config.num_towers
     c2 = config.conv_features[1]
     f6 = config.fc_features[0]
-    sizes = model_lib.spatial_sizes(config.image_size, config.pool_window,
-                                    config.pool_stride)
+    sizes = model_lib.spatial_sizes(
+        config.image_size, config.pool_window, config.pool_stride
+    )
     frac = (m - 1) / m
     conv3 = frac * sizes["pool2"] ** 2 * towers * c2 * item
     fc6 = (m - 1) * (towers // m) * f6 * item
@@ -177,10 +196,12 @@ def analytic_collective_bytes(config: ml_collections.ConfigDict,
     result["model_backward"] = per_shard * (conv3 + fc6 + fc7)
   if data > 1:
     shapes = model_lib.param_shapes(config)
-    local = sum(math.prod(x.shape) // (
-        1 if (name, leaf) in parallel.REPLICATED_PARAMS else m)
-                for name, params in shapes.items()
-                for leaf, x in params.items())
+    local = sum(
+        math.prod(x.shape)
+        // (1 if (name, leaf) in parallel.REPLICATED_PARAMS else m)
+        for name, params in shapes.items()
+        for leaf, x in params.items()
+    )
     result["data"] = 2 * (data - 1) / data * (local + 3) * 4
   result["total"] = sum(result.values())
   return result

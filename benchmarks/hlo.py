@@ -31,12 +31,29 @@ from typing import Any
 
 import numpy as np
 
-COLLECTIVE_OPS = ("all-gather", "reduce-scatter", "all-reduce",
-                  "collective-permute", "all-to-all")
+COLLECTIVE_OPS = (
+    "all-gather",
+    "reduce-scatter",
+    "all-reduce",
+    "collective-permute",
+    "all-to-all",
+)
 
-BYTES_PER_DTYPE = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2,
-                   "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
-                   "s64": 8, "u64": 8, "f64": 8}
+BYTES_PER_DTYPE = {
+    "pred": 1,
+    "s8": 1,
+    "u8": 1,
+    "s16": 2,
+    "u16": 2,
+    "f16": 2,
+    "bf16": 2,
+    "s32": 4,
+    "u32": 4,
+    "f32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f64": 8,
+}
 
 
 class HloParseError(ValueError):
@@ -47,16 +64,20 @@ class HloParseError(ValueError):
 # (possibly nested) tuple of them, e.g. `(f32[2,3]{1,0}, f32[4]{0})`.
 _COLLECTIVE_RE = re.compile(
     r"^[ \t]*(?:ROOT )?%?(?P<name>[\w.\-]+) = (?P<type>[^\n]*?) "
-    r"(?P<op>" + "|".join(COLLECTIVE_OPS) + r")(?P<start>-start)?\(", re.M)
+    r"(?P<op>" + "|".join(COLLECTIVE_OPS) + r")(?P<start>-start)?\(",
+    re.M,
+)
 _ARRAY_RE = re.compile(r"\b(?P<dtype>[a-z]+\d*)\[(?P<dims>[\d,]*)\]")
 _EXPLICIT_RE = re.compile(r"\{(\{[\d,]*\}(?:,\{[\d,]*\})*)?\}")
 _IOTA_RE = re.compile(r"\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?")
 _MESH_RE = re.compile(
     r"mesh\[(?P<axes>[^\]]*)\](?:, device_ids=\((?P<ids>[^)]*)\))?"
-    r" \{(?P<group>[^}]*)\}")
+    r" \{(?P<group>[^}]*)\}"
+)
 _MESH_AXIS_RE = re.compile(r"'?(?P<name>[^'=,]+)'?=(?P<size>\d+)")
 _GROUP_AXIS_RE = re.compile(
-    r"'?(?P<name>[^':,]+)'?(?::\((?P<pre>\d+)\)(?P<size>\d+))?")
+    r"'?(?P<name>[^':,]+)'?(?::\((?P<pre>\d+)\)(?P<size>\d+))?"
+)
 
 
 def _ints(text: str) -> list[int]:
@@ -65,12 +86,12 @@ def _ints(text: str) -> list[int]:
 
 def _mesh_groups(m: re.Match[str]) -> list[list[int]]:
   """Device groups of the mesh form (see the module docstring)."""
-  axes = [(a["name"], int(a["size"]))
-          for a in _MESH_AXIS_RE.finditer(m["axes"])]
+  axes = [
+      (a["name"], int(a["size"])) for a in _MESH_AXIS_RE.finditer(m["axes"])
+  ]
   names = [name for name, _ in axes]
   sizes = [size for _, size in axes]
-  ids = (np.array(_ints(m["ids"])) if m["ids"]
-         else np.arange(math.prod(sizes)))
+  ids = np.array(_ints(m["ids"])) if m["ids"] else np.arange(math.prod(sizes))
   # Split every mesh axis into (pre, size, post) so that a sub-axis is a
   # dimension of its own; a full axis is (1, size, 1).
   split = [(1, size, 1) for size in sizes]
@@ -78,7 +99,8 @@ def _mesh_groups(m: re.Match[str]) -> list[list[int]]:
   for g in _GROUP_AXIS_RE.finditer(m["group"]):
     if g["name"] not in names:
       raise HloParseError(
-          f"replica group axis {g['name']!r} is not a mesh axis {names}")
+          f"replica group axis {g['name']!r} is not a mesh axis {names}"
+      )
     i = names.index(g["name"])
     if g["pre"]:
       pre, size = int(g["pre"]), int(g["size"])
@@ -102,20 +124,21 @@ def replica_groups(line: str, num_devices: int) -> list[list[int]]:
   start = line.find("replica_groups=")
   if start < 0:
     return [list(range(num_devices))]
-  text = line[start + len("replica_groups="):]
-  if (m := _MESH_RE.match(text)):
+  text = line[start + len("replica_groups=") :]
+  if m := _MESH_RE.match(text):
     return _mesh_groups(m)
-  if (m := _IOTA_RE.match(text)):
+  if m := _IOTA_RE.match(text):
     ids = np.arange(num_devices).reshape(_ints(m[3]))
     if m[4]:
       ids = ids.transpose(_ints(m[4]))
     return ids.reshape(int(m[1]), int(m[2])).tolist()
-  if (m := _EXPLICIT_RE.match(text)):
+  if m := _EXPLICIT_RE.match(text):
     if not m[1]:
       return [list(range(num_devices))]
     return [_ints(g) for g in re.findall(r"\{[\d,]*\}", m[1])]
   raise HloParseError(
-      f"unknown replica_groups form in HLO line: {line.strip()[:300]}")
+      f"unknown replica_groups form in HLO line: {line.strip()[:300]}"
+  )
 
 
 def mesh_axis(group: Sequence[int], mesh_shape: tuple[int, int]) -> str:
@@ -171,8 +194,9 @@ def bytes_sent(op: str, result_bytes: int, group: int) -> float:
   }[op]
 
 
-def collectives(hlo_text: str, mesh_shape: tuple[int, int]
-                ) -> list[dict[str, Any]]:
+def collectives(
+    hlo_text: str, mesh_shape: tuple[int, int]
+) -> list[dict[str, Any]]:
   """Every collective of a compiled (per-device) HLO module, in text order.
 
   Returns dicts with name, op, result types, the device groups, group size,
@@ -185,29 +209,36 @@ def collectives(hlo_text: str, mesh_shape: tuple[int, int]
   num_devices = math.prod(mesh_shape)
   found = []
   for m in _COLLECTIVE_RE.finditer(hlo_text):
-    line = hlo_text[m.start():hlo_text.find("\n", m.end())]
+    line = hlo_text[m.start() : hlo_text.find("\n", m.end())]
     result_type = m["type"]
     if m["start"] and m["op"] in ("all-gather", "collective-permute"):
       # Async start ops return (operands, results[, context]).
       result_type = _tuple_elements(result_type)[1]
-    arrays = [(a["dtype"], tuple(int(d) for d in a["dims"].split(",") if d))
-              for a in _ARRAY_RE.finditer(result_type)]
-    result_bytes = sum(BYTES_PER_DTYPE[dt] * math.prod(dims)
-                       for dt, dims in arrays)
+    arrays = [
+        (a["dtype"], tuple(int(d) for d in a["dims"].split(",") if d))
+        for a in _ARRAY_RE.finditer(result_type)
+    ]
+    result_bytes = sum(
+        BYTES_PER_DTYPE[dt] * math.prod(dims) for dt, dims in arrays
+    )
     groups = replica_groups(line, num_devices)
     op_name = re.search(r'op_name="([^"]*)"', line)
     op_name = op_name.group(1) if op_name else ""
-    found.append({
-        "name": m["name"],
-        "op": m["op"],
-        "types": [f"{dt}[{','.join(map(str, dims))}]" for dt, dims in arrays],
-        "groups": groups,
-        "group_size": len(groups[0]),
-        "axis": mesh_axis(groups[0], mesh_shape),
-        "result_bytes": result_bytes,
-        "sent_bytes": bytes_sent(m["op"], result_bytes, len(groups[0])),
-        "phase": "backward" if "transpose(" in op_name else "forward",
-    })
+    found.append(
+        {
+            "name": m["name"],
+            "op": m["op"],
+            "types": [
+                f"{dt}[{','.join(map(str, dims))}]" for dt, dims in arrays
+            ],
+            "groups": groups,
+            "group_size": len(groups[0]),
+            "axis": mesh_axis(groups[0], mesh_shape),
+            "result_bytes": result_bytes,
+            "sent_bytes": bytes_sent(m["op"], result_bytes, len(groups[0])),
+            "phase": "backward" if "transpose(" in op_name else "forward",
+        }
+    )
   return found
 
 
@@ -216,11 +247,13 @@ def summarize(found: Sequence[dict[str, Any]]) -> dict[str, float]:
   total = collections.Counter()
   for c in found:
     if c["axis"] == "model":
-      total["model_forward" if c["phase"] == "forward" else
-            "model_backward"] += c["sent_bytes"]
+      total[
+          "model_forward" if c["phase"] == "forward" else "model_backward"
+      ] += c["sent_bytes"]
     elif c["axis"] != "none":
       total["data"] += c["sent_bytes"]
-  result = {k: float(total[k]) for k in
-            ("model_forward", "model_backward", "data")}
+  result = {
+      k: float(total[k]) for k in ("model_forward", "model_backward", "data")
+  }
   result["total"] = sum(result.values())
   return result

@@ -46,8 +46,9 @@ Mode = Literal["train", "eval_center", "eval_ten"]
 MODES: tuple[Mode, ...] = ("train", "eval_center", "eval_ten")
 
 
-def synthetic_jpegs(num_images: int, *, image_size: int = 256,
-                    quality: int = 90, seed: int = 0) -> list[bytes]:
+def synthetic_jpegs(
+    num_images: int, *, image_size: int = 256, quality: int = 90, seed: int = 0
+) -> list[bytes]:
   """Photo-like JPEGs: smooth color fields, texture and sensor-like noise.
 
   JPEG decoding cost grows with the number of non-zero DCT coefficients, so
@@ -63,7 +64,9 @@ def synthetic_jpegs(num_images: int, *, image_size: int = 256,
       field = rng.normal(0.0, amplitude, (cells, cells, 3)).astype(np.float32)
       field = np.asarray(
           Image.fromarray(field[..., 0]).resize(
-              (image_size, image_size), Image.Resampling.BICUBIC))[..., None]
+              (image_size, image_size), Image.Resampling.BICUBIC
+          )
+      )[..., None]
       layers = layers + field * rng.uniform(0.5, 1.5, 3)
     noise = rng.normal(0.0, 6.0, (image_size, image_size, 3))
     pixels = np.clip(128.0 + layers + noise, 0, 255).astype(np.uint8)
@@ -73,32 +76,44 @@ def synthetic_jpegs(num_images: int, *, image_size: int = 256,
   return jpegs
 
 
-def dataset_jpegs(name: str, data_dir: str, num_images: int,
-                  split: str = "train") -> list[bytes]:
+def dataset_jpegs(
+    name: str, data_dir: str, num_images: int, split: str = "train"
+) -> list[bytes]:
   """The first `num_images` encoded images of a prepared data set."""
   from alexnet_jax import data  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   builder = data.get_builder(name, data_dir=data_dir)
   records = builder.as_dataset(
-      split=split, decoders={"image": tfds.decode.SkipDecoding()})
-  return [r["image"] for r in
-          records.take(num_images).as_numpy_iterator()]
+      split=split, decoders={"image": tfds.decode.SkipDecoding()}
+  )
+  return [r["image"] for r in records.take(num_images).as_numpy_iterator()]
 
 
 def benchmark_stats(image_size: int = 256) -> input_stats.InputStats:
   """Plausible statistics; their values do not change the cost."""
-  covariance = np.array([[4800.0, 4400.0, 4000.0],
-                         [4400.0, 4700.0, 4300.0],
-                         [4000.0, 4300.0, 5000.0]])
+  covariance = np.array(
+      [
+          [4800.0, 4400.0, 4000.0],
+          [4400.0, 4700.0, 4300.0],
+          [4000.0, 4300.0, 5000.0],
+      ]
+  )
   return input_stats.InputStats(
       mean_image=np.full((image_size, image_size, 3), 115.0, np.float32),
-      pixel_covariance=covariance, num_images=1)
+      pixel_covariance=covariance,
+      num_images=1,
+  )
 
 
-def _time_passes(make_dataset: Callable[[], tf.data.Dataset], *,
-                 images_per_batch: int, warmup_batches: int,
-                 batches_per_pass: int, passes: int) -> dict[str, Any]:
+def _time_passes(
+    make_dataset: Callable[[], tf.data.Dataset],
+    *,
+    images_per_batch: int,
+    warmup_batches: int,
+    batches_per_pass: int,
+    passes: int,
+) -> dict[str, Any]:
   """Median images/s (wall and per CPU-second) over timed passes."""
   iterator = make_dataset().as_numpy_iterator()
   for _ in range(warmup_batches):
@@ -122,11 +137,18 @@ def _time_passes(make_dataset: Callable[[], tf.data.Dataset], *,
   }
 
 
-def benchmark(jpegs: Sequence[bytes], mode: Mode, *, threads: int = 1,
-              batch_size: int | None = None, crop_size: int = 224,
-              passes: int = 5, images_per_pass: int = 1024,
-              image_size: int = 256,
-              images_prepared: bool | None = True) -> dict[str, Any]:
+def benchmark(
+    jpegs: Sequence[bytes],
+    mode: Mode,
+    *,
+    threads: int = 1,
+    batch_size: int | None = None,
+    crop_size: int = 224,
+    passes: int = 5,
+    images_per_pass: int = 1024,
+    image_size: int = 256,
+    images_prepared: bool | None = True,
+) -> dict[str, Any]:
   """Images/s of one pipeline mode with `threads` tf.data threads.
 
   Args:
@@ -152,10 +174,12 @@ def benchmark(jpegs: Sequence[bytes], mode: Mode, *, threads: int = 1,
     batch_size = 16 if mode == "eval_ten" else 128
   stats = benchmark_stats(image_size)
   num = len(jpegs)
-  records = tf.data.Dataset.from_tensor_slices({
-      "image": tf.constant(list(jpegs)),
-      "label": tf.zeros([num], tf.int64),
-  }).cache()
+  records = tf.data.Dataset.from_tensor_slices(
+      {
+          "image": tf.constant(list(jpegs)),
+          "label": tf.zeros([num], tf.int64),
+      }
+  ).cache()
   batches_per_pass = max(1, images_per_pass // batch_size)
   warmup_batches = max(2, batches_per_pass // 2)
   total_batches = warmup_batches + passes * batches_per_pass
@@ -166,27 +190,48 @@ def benchmark(jpegs: Sequence[bytes], mode: Mode, *, threads: int = 1,
 
     def make_dataset():
       return input_pipeline.train_dataset_from_records(
-          records, records_per_epoch=num - num % batch_size,
-          batch_size=batch_size, crop_size=crop_size, seed=0, stats=stats,
-          images_prepared=images_prepared, threads=threads)
+          records,
+          records_per_epoch=num - num % batch_size,
+          batch_size=batch_size,
+          crop_size=crop_size,
+          seed=0,
+          stats=stats,
+          images_prepared=images_prepared,
+          threads=threads,
+      )
+
   else:
     total = total_batches * batch_size
 
     def make_dataset():
       return input_pipeline.eval_dataset_from_records(
-          records.repeat().take(total), num_records=total,
-          num_batches=total_batches, batch_size=batch_size,
+          records.repeat().take(total),
+          num_records=total,
+          num_batches=total_batches,
+          batch_size=batch_size,
           crop_size=crop_size,
-          crops="ten" if mode == "eval_ten" else "center", stats=stats,
-          images_prepared=images_prepared, threads=threads)
+          crops="ten" if mode == "eval_ten" else "center",
+          stats=stats,
+          images_prepared=images_prepared,
+          threads=threads,
+      )
 
-  result = _time_passes(make_dataset, images_per_batch=batch_size,
-                        warmup_batches=warmup_batches,
-                        batches_per_pass=batches_per_pass, passes=passes)
-  result.update(mode=mode, threads=threads, batch_size=batch_size,
-                images_prepared=images_prepared,
-                crop_size=crop_size, passes=passes,
-                images_per_pass=batches_per_pass * batch_size)
+  result = _time_passes(
+      make_dataset,
+      images_per_batch=batch_size,
+      warmup_batches=warmup_batches,
+      batches_per_pass=batches_per_pass,
+      passes=passes,
+  )
+  result.update(
+      mode=mode,
+      threads=threads,
+      batch_size=batch_size,
+      images_prepared=images_prepared,
+      crop_size=crop_size,
+      passes=passes,
+      images_per_pass=batches_per_pass * batch_size,
+  )
   return result
 
 
@@ -201,18 +246,25 @@ def limit_tensorflow_threads(threads: int) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
   except RuntimeError:  # TensorFlow already started: keep its pools.
-    print("warning: TensorFlow already initialized; its thread pools are "
-          "not limited", file=sys.stderr)
+    print(
+        "warning: TensorFlow already initialized; its thread pools are "
+        "not limited",
+        file=sys.stderr,
+    )
 
 
 def define_flags() -> None:
   """This tool's flags, defined only when it runs (train_step.py imports
   this module and has flags of the same names)."""
   flags.DEFINE_string(
-      "dataset", None, "Data set name for alexnet_jax.data.get_builder; "
-      "default: generated 256x256 JPEGs.")
-  flags.DEFINE_string("data_dir", None, "TFDS data dir of the prepared "
-                      "--dataset.")
+      "dataset",
+      None,
+      "Data set name for alexnet_jax.data.get_builder; "
+      "default: generated 256x256 JPEGs.",
+  )
+  flags.DEFINE_string(
+      "data_dir", None, "TFDS data dir of the prepared " "--dataset."
+  )
   flags.DEFINE_integer("num_images", 512, "Distinct images, cycled through.")
   flags.DEFINE_integer("threads", 1, "tf.data threads (1 = per core).")
   flags.DEFINE_list("modes", list(MODES), f"A subset of {MODES}.")
@@ -220,8 +272,11 @@ def define_flags() -> None:
   flags.DEFINE_integer("passes", 5, "Timed passes (median reported).")
   flags.DEFINE_integer("images_per_pass", 1024, "Images per timed pass.")
   flags.DEFINE_bool(
-      "check_headers", False, "Check every JPEG's size (the path for "
-      "builders that store original-size images).")
+      "check_headers",
+      False,
+      "Check every JPEG's size (the path for "
+      "builders that store original-size images).",
+  )
   flags.DEFINE_string("json", None, "Write the report here as JSON.")
 
 
@@ -231,8 +286,9 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   unknown = [mode for mode in f.modes if mode not in MODES]
   if unknown:
-    raise cli.UserError(f"--modes: unknown {unknown}; choose from "
-                        f"{', '.join(MODES)}.")
+    raise cli.UserError(
+        f"--modes: unknown {unknown}; choose from " f"{', '.join(MODES)}."
+    )
   limit_tensorflow_threads(f.threads)
 
   if f.dataset:
@@ -242,8 +298,9 @@ def main(argv: Sequence[str]) -> None:
     jpegs = synthetic_jpegs(f.num_images)
     source = "generated 256x256 JPEGs, quality 90"
   report = {
-      "command": " ".join(["python -m benchmarks.input_pipeline"] +
-                          sys.argv[1:]),
+      "command": " ".join(
+          ["python -m benchmarks.input_pipeline"] + sys.argv[1:]
+      ),
       "cpu": machine.cpu_model(),
       "load_average": os.getloadavg(),
       "cpus_visible": os.cpu_count(),
@@ -253,18 +310,27 @@ def main(argv: Sequence[str]) -> None:
       "mean_jpeg_bytes": int(np.mean([len(j) for j in jpegs])),
       "results": [],
   }
-  print(f"CPU: {report['cpu']}; {source}: {len(jpegs)} images, mean "
-        f"{report['mean_jpeg_bytes'] / 1024:.1f} KiB")
+  print(
+      f"CPU: {report['cpu']}; {source}: {len(jpegs)} images, mean "
+      f"{report['mean_jpeg_bytes'] / 1024:.1f} KiB"
+  )
   for mode in f.modes:
-    result = benchmark(jpegs, mode, threads=f.threads,
-                       crop_size=f.crop_size, passes=f.passes,
-                       images_per_pass=f.images_per_pass,
-                       images_prepared=None if f.check_headers else True)
+    result = benchmark(
+        jpegs,
+        mode,
+        threads=f.threads,
+        crop_size=f.crop_size,
+        passes=f.passes,
+        images_per_pass=f.images_per_pass,
+        images_prepared=None if f.check_headers else True,
+    )
     report["results"].append(result)
-    print(f"{mode:12s} threads={f.threads} batch={result['batch_size']:4d}"
-          f" {result['images_per_s']:8.1f} images/s median "
-          f"({result['images_per_cpu_s']:.1f} per CPU-second, best pass "
-          f"{result['best_images_per_s']:.1f})")
+    print(
+        f"{mode:12s} threads={f.threads} batch={result['batch_size']:4d}"
+        f" {result['images_per_s']:8.1f} images/s median "
+        f"({result['images_per_cpu_s']:.1f} per CPU-second, best pass "
+        f"{result['best_images_per_s']:.1f})"
+    )
   if f.json:
     with open(f.json, "w", encoding="utf-8") as out:
       json.dump(report, out, indent=2)

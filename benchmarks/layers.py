@@ -62,9 +62,14 @@ def time_call(fn: Callable[..., object], *args, repeats: int = 7) -> float:
 
 def reduce_window_pool(x, window: int = 3, stride: int = 2):
   """The model's max-pool (flax's `nn.max_pool` is this reduce-window)."""
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max,
-                               (1, window, window, 1), (1, stride, stride, 1),
-                               "VALID")
+  return jax.lax.reduce_window(
+      x,
+      -jnp.inf,
+      jax.lax.max,
+      (1, window, window, 1),
+      (1, stride, stride, 1),
+      "VALID",
+  )
 
 
 def _window_tap(x, i: int, j: int, stride: int, out_h: int, out_w: int):
@@ -72,9 +77,16 @@ def _window_tap(x, i: int, j: int, stride: int, out_h: int, out_w: int):
   (i, j) reads at every output position."""
   batch, _, _, channels = x.shape
   return jax.lax.slice(
-      x, (0, i, j, 0),
-      (batch, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1,
-       channels), (1, stride, stride, 1))
+      x,
+      (0, i, j, 0),
+      (
+          batch,
+          i + stride * (out_h - 1) + 1,
+          j + stride * (out_w - 1) + 1,
+          channels,
+      ),
+      (1, stride, stride, 1),
+  )
 
 
 def _pool_windows(x, window: int, stride: int):
@@ -82,8 +94,11 @@ def _pool_windows(x, window: int, stride: int):
   _, height, width, _ = x.shape
   out_h = model_lib.pool_out_size(height, window, stride)
   out_w = model_lib.pool_out_size(width, window, stride)
-  return [(i, j, _window_tap(x, i, j, stride, out_h, out_w))
-          for i in range(window) for j in range(window)]
+  return [
+      (i, j, _window_tap(x, i, j, stride, out_h, out_w))
+      for i in range(window)
+      for j in range(window)
+  ]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -95,7 +110,8 @@ def slice_max_pool(x, window: int = 3, stride: int = 2):
   `reduce_window_pool`.
   """
   return functools.reduce(
-      jnp.maximum, [v for _, _, v in _pool_windows(x, window, stride)])
+      jnp.maximum, [v for _, _, v in _pool_windows(x, window, stride)]
+  )
 
 
 def _slice_pool_fwd(x, window, stride):
@@ -116,9 +132,15 @@ def _slice_pool_bwd(window, stride, residuals, grad):
     # Back to x[:, i::stride, j::stride]: interior padding puts stride - 1
     # zeros between the pooled positions.
     dx = dx + jax.lax.pad(
-        jnp.where(first, grad, zero).astype(x.dtype), zero,
-        ((0, 0, 0), (i, height - i - stride * (out_h - 1) - 1, stride - 1),
-         (j, width - j - stride * (out_w - 1) - 1, stride - 1), (0, 0, 0)))
+        jnp.where(first, grad, zero).astype(x.dtype),
+        zero,
+        (
+            (0, 0, 0),
+            (i, height - i - stride * (out_h - 1) - 1, stride - 1),
+            (j, width - j - stride * (out_w - 1) - 1, stride - 1),
+            (0, 0, 0),
+        ),
+    )
   return (dx,)
 
 
@@ -131,32 +153,48 @@ slice_max_pool.defvjp(_slice_pool_fwd, _slice_pool_bwd)
 
 
 def model_lrn(x):
-  return model_lib.local_response_norm(x, 2, convention="paper", k=2.0, n=5,
-                                       alpha=1e-4, beta=0.75)
+  return model_lib.local_response_norm(
+      x, 2, convention="paper", k=2.0, n=5, alpha=1e-4, beta=0.75
+  )
 
 
-def shifted_slices_lrn(x, n: int = 5, k: float = 2.0, alpha: float = 1e-4,
-                       beta: float = 0.75, towers: int = 2):
+def shifted_slices_lrn(
+    x,
+    n: int = 5,
+    k: float = 2.0,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    towers: int = 2,
+):
   *lead, channels = x.shape
   per_tower = channels // towers
   x_T = x.astype(jnp.float32).reshape(*lead, towers, per_tower)
-  padded = jnp.pad(jnp.square(x_T), ((0, 0),) * (x_T.ndim - 1) +
-                   ((n // 2, n - 1 - n // 2),))
-  sq_sum = sum(padded[..., i:i + per_tower] for i in range(n))
+  padded = jnp.pad(
+      jnp.square(x_T), ((0, 0),) * (x_T.ndim - 1) + ((n // 2, n - 1 - n // 2),)
+  )
+  sq_sum = sum(padded[..., i : i + per_tower] for i in range(n))
   y = x_T * jnp.power(k + alpha * sq_sum, -beta)
   return y.reshape(x.shape).astype(x.dtype)
 
 
-def banded_matmul_lrn(x, n: int = 5, k: float = 2.0, alpha: float = 1e-4,
-                      beta: float = 0.75, towers: int = 2):
+def banded_matmul_lrn(
+    x,
+    n: int = 5,
+    k: float = 2.0,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    towers: int = 2,
+):
   channels = x.shape[-1]
   index = np.arange(channels)
-  band = ((np.abs(index[:, None] - index[None, :]) <= n // 2) &
-          (index[:, None] // (channels // towers) ==
-           index[None, :] // (channels // towers)))
+  band = (np.abs(index[:, None] - index[None, :]) <= n // 2) & (
+      index[:, None] // (channels // towers)
+      == index[None, :] // (channels // towers)
+  )
   sq_sum = jnp.square(x) @ jnp.asarray(band, x.dtype)
   y = x.astype(jnp.float32) * jnp.power(
-      k + alpha * sq_sum.astype(jnp.float32), -beta)
+      k + alpha * sq_sum.astype(jnp.float32), -beta
+  )
   return y.astype(x.dtype)
 
 
@@ -168,9 +206,9 @@ def banded_matmul_lrn(x, n: int = 5, k: float = 2.0, alpha: float = 1e-4,
 def strided_conv1(x, kernel):
   """The model's conv1: stride 4, bottom/right padding to 55x55 at 224."""
   pad = model_lib.conv1_padding(x.shape[1])
-  return jax.lax.conv_general_dilated(x, kernel, (4, 4),
-                                      ((0, pad), (0, pad)),
-                                      dimension_numbers=_DN)
+  return jax.lax.conv_general_dilated(
+      x, kernel, (4, 4), ((0, pad), (0, pad)), dimension_numbers=_DN
+  )
 
 
 def space_to_depth_conv1(x, kernel):
@@ -178,21 +216,30 @@ def space_to_depth_conv1(x, kernel):
   batch, size, _, channels = x.shape
   out = model_lib.conv_out_size(size, 11, 4)
   blocks = out + 2  # 4 * blocks = 4 * (out - 1) + 12 covers the last 11.
-  x = jnp.pad(x, ((0, 0), (0, 4 * blocks - size), (0, 4 * blocks - size),
-                  (0, 0)))
-  x = x.reshape(batch, blocks, 4, blocks, 4, channels).transpose(
-      0, 1, 3, 2, 4, 5).reshape(batch, blocks, blocks, 16 * channels)
+  x = jnp.pad(
+      x, ((0, 0), (0, 4 * blocks - size), (0, 4 * blocks - size), (0, 0))
+  )
+  x = (
+      x.reshape(batch, blocks, 4, blocks, 4, channels)
+      .transpose(0, 1, 3, 2, 4, 5)
+      .reshape(batch, blocks, blocks, 16 * channels)
+  )
   features = kernel.shape[-1]
-  kernel = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0))).reshape(
-      3, 4, 3, 4, channels, features).transpose(0, 2, 1, 3, 4, 5).reshape(
-          3, 3, 16 * channels, features)
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
-                                      dimension_numbers=_DN)
+  kernel = (
+      jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+      .reshape(3, 4, 3, 4, channels, features)
+      .transpose(0, 2, 1, 3, 4, 5)
+      .reshape(3, 3, 16 * channels, features)
+  )
+  return jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), "VALID", dimension_numbers=_DN
+  )
 
 
 def xla_weight_gradient(x, dy, kernel_shape, stride, padding):
   conv = lambda k: jax.lax.conv_general_dilated(
-      x, k, (stride, stride), padding, dimension_numbers=_DN)
+      x, k, (stride, stride), padding, dimension_numbers=_DN
+  )
   _, vjp = jax.vjp(conv, jnp.zeros(kernel_shape, x.dtype))
   return vjp(dy)[0]
 
@@ -202,12 +249,20 @@ def im2col_weight_gradient(x, dy, kernel_shape, stride, padding):
   kh, kw, channels, features = kernel_shape
   batch, out_h, out_w, _ = dy.shape
   x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  patches = jnp.stack([_window_tap(x, i, j, stride, out_h, out_w)
-                       for i in range(kh) for j in range(kw)], axis=3)
+  patches = jnp.stack(
+      [
+          _window_tap(x, i, j, stride, out_h, out_w)
+          for i in range(kh)
+          for j in range(kw)
+      ],
+      axis=3,
+  )
   rows = batch * out_h * out_w
-  grad = jnp.dot(patches.reshape(rows, kh * kw * channels).T,
-                 dy.reshape(rows, features),
-                 preferred_element_type=jnp.float32)
+  grad = jnp.dot(
+      patches.reshape(rows, kh * kw * channels).T,
+      dy.reshape(rows, features),
+      preferred_element_type=jnp.float32,
+  )
   return grad.reshape(kernel_shape).astype(x.dtype)
 
 
@@ -227,9 +282,14 @@ def _max_difference(a, b, relative: bool) -> float:
   return diff / max(float(np.max(np.abs(b))), 1e-30) if relative else diff
 
 
-def compare_layer(name: str, forms: dict[str, Callable[..., object]],
-                  args: Sequence[jax.Array], repeats: int, argnums=0,
-                  relative: bool = True) -> list[dict[str, object]]:
+def compare_layer(
+    name: str,
+    forms: dict[str, Callable[..., object]],
+    args: Sequence[jax.Array],
+    repeats: int,
+    argnums=0,
+    relative: bool = True,
+) -> list[dict[str, object]]:
   """Times forward and forward+backward of each form; the first is the
   reference for the differences (of the gradient)."""
   rows = []
@@ -240,21 +300,33 @@ def compare_layer(name: str, forms: dict[str, Callable[..., object]],
     grads = grads if isinstance(grads, tuple) else (grads,)
     if reference is None:
       reference = grads
-    rows.append(dict(
-        layer=name, form=form, shape=[list(a.shape) for a in args],
-        dtype=str(args[0].dtype),
-        forward_s=time_call(jax.jit(fn), *args, repeats=repeats),
-        forward_backward_s=time_call(forward_backward, *args,
-                                     repeats=repeats),
-        gradient_difference=max(_max_difference(g, r, relative)
-                                for g, r in zip(grads, reference))))
+    rows.append(
+        dict(
+            layer=name,
+            form=form,
+            shape=[list(a.shape) for a in args],
+            dtype=str(args[0].dtype),
+            forward_s=time_call(jax.jit(fn), *args, repeats=repeats),
+            forward_backward_s=time_call(
+                forward_backward, *args, repeats=repeats
+            ),
+            gradient_difference=max(
+                _max_difference(g, r, relative)
+                for g, r in zip(grads, reference)
+            ),
+        )
+    )
   return rows
 
 
-def run(batch_size: int = 128, layers: Sequence[str] = ("pool", "lrn",
-                                                         "conv1", "wgrad"),
-        dtypes: Sequence[str] = ("float32", "bfloat16"), repeats: int = 7,
-        image_size: int = 224, log=print) -> list[dict[str, object]]:
+def run(
+    batch_size: int = 128,
+    layers: Sequence[str] = ("pool", "lrn", "conv1", "wgrad"),
+    dtypes: Sequence[str] = ("float32", "bfloat16"),
+    repeats: int = 7,
+    image_size: int = 224,
+    log=print,
+) -> list[dict[str, object]]:
   """Every (layer, dtype, shape) comparison; one dict per form."""
   rng = np.random.default_rng(0)
   sizes = model_lib.spatial_sizes(image_size)
@@ -263,68 +335,129 @@ def run(batch_size: int = 128, layers: Sequence[str] = ("pool", "lrn",
 
   def add(new_rows):
     for r in new_rows:
-      times = (f"weight gradient {1e3 * r['forward_s']:8.1f} ms"
-               if r["layer"].startswith("wgrad") else
-               f"forward {1e3 * r['forward_s']:8.1f} ms   forward+backward "
-               f"{1e3 * r['forward_backward_s']:8.1f} ms")
-      log(f"{r['layer']:12s} {r['dtype']:8s} {str(r['shape'][0]):20s} "
+      times = (
+          f"weight gradient {1e3 * r['forward_s']:8.1f} ms"
+          if r["layer"].startswith("wgrad")
+          else f"forward {1e3 * r['forward_s']:8.1f} ms   forward+backward "
+          f"{1e3 * r['forward_backward_s']:8.1f} ms"
+      )
+      log(
+          f"{r['layer']:12s} {r['dtype']:8s} {str(r['shape'][0]):20s} "
           f"{r['form']:15s} {times}   gradient difference "
-          f"{r['gradient_difference']:.1e}")
+          f"{r['gradient_difference']:.1e}"
+      )
     rows.extend(new_rows)
 
   for dtype in dtypes:
     cast = lambda a: jnp.asarray(a, dtype)
     if "pool" in layers:
       # Post-ReLU inputs (exact zeros, like the model's) of pool1, 2, 5.
-      for size, channels in ((sizes["conv1"], c1), (sizes["conv2"], c2),
-                             (sizes["conv5"], c2)):
-        x = cast(np.maximum(rng.normal(
-            size=(batch_size, size, size, channels)), 0))
-        add(compare_layer("pool", dict(reduce_window=reduce_window_pool,
-                                       slice_max_pool=slice_max_pool),
-                          [x], repeats, relative=False))
+      for size, channels in (
+          (sizes["conv1"], c1),
+          (sizes["conv2"], c2),
+          (sizes["conv5"], c2),
+      ):
+        x = cast(
+            np.maximum(rng.normal(size=(batch_size, size, size, channels)), 0)
+        )
+        add(
+            compare_layer(
+                "pool",
+                dict(
+                    reduce_window=reduce_window_pool,
+                    slice_max_pool=slice_max_pool,
+                ),
+                [x],
+                repeats,
+                relative=False,
+            )
+        )
     if "lrn" in layers:
       for size, channels in ((sizes["conv1"], c1), (sizes["conv2"], c2)):
-        x = cast(np.maximum(rng.normal(
-            size=(batch_size, size, size, channels)) * 50, 0))
-        add(compare_layer("lrn", dict(reduce_window=model_lrn,
-                                      shifted_slices=shifted_slices_lrn,
-                                      banded_matmul=banded_matmul_lrn),
-                          [x], repeats))
+        x = cast(
+            np.maximum(
+                rng.normal(size=(batch_size, size, size, channels)) * 50, 0
+            )
+        )
+        add(
+            compare_layer(
+                "lrn",
+                dict(
+                    reduce_window=model_lrn,
+                    shifted_slices=shifted_slices_lrn,
+                    banded_matmul=banded_matmul_lrn,
+                ),
+                [x],
+                repeats,
+            )
+        )
     if "conv1" in layers:
       x = cast(rng.normal(size=(batch_size, image_size, image_size, 3)))
       kernel = cast(rng.normal(size=(11, 11, 3, c1)) * 0.01)
-      add(compare_layer("conv1", dict(strided=strided_conv1,
-                                      space_to_depth=space_to_depth_conv1),
-                        [x, kernel], repeats, argnums=1))
+      add(
+          compare_layer(
+              "conv1",
+              dict(strided=strided_conv1, space_to_depth=space_to_depth_conv1),
+              [x, kernel],
+              repeats,
+              argnums=1,
+          )
+      )
     if "wgrad" in layers:
       pad = model_lib.conv1_padding(image_size)
       cases = dict(  # Per tower for conv2 and conv4, like the model.
           conv1=((image_size, 3), (11, 11, 3, c1), 4, ((0, pad), (0, pad))),
-          conv2=((sizes["conv2"], c1 // 2), (5, 5, c1 // 2, c2 // 2), 1,
-                 ((2, 2), (2, 2))),
+          conv2=(
+              (sizes["conv2"], c1 // 2),
+              (5, 5, c1 // 2, c2 // 2),
+              1,
+              ((2, 2), (2, 2)),
+          ),
           conv3=((sizes["conv3"], c2), (3, 3, c2, c3), 1, ((1, 1), (1, 1))),
-          conv4=((sizes["conv4"], c3 // 2), (3, 3, c3 // 2, c3 // 2), 1,
-                 ((1, 1), (1, 1))))
-      for name, ((size, channels), kernel_shape, stride, padding) in (
-          cases.items()):
+          conv4=(
+              (sizes["conv4"], c3 // 2),
+              (3, 3, c3 // 2, c3 // 2),
+              1,
+              ((1, 1), (1, 1)),
+          ),
+      )
+      for name, (
+          (size, channels),
+          kernel_shape,
+          stride,
+          padding,
+      ) in cases.items():
         x = cast(rng.normal(size=(batch_size, size, size, channels)))
-        out = model_lib.conv_out_size(size + sum(padding[0]), kernel_shape[0],
-                                      stride)
+        out = model_lib.conv_out_size(
+            size + sum(padding[0]), kernel_shape[0], stride
+        )
         dy = cast(rng.normal(size=(batch_size, out, out, kernel_shape[-1])))
         reference = None
-        for form, fn in dict(xla=xla_weight_gradient,
-                             im2col=im2col_weight_gradient).items():
-          fn = jax.jit(functools.partial(fn, kernel_shape=kernel_shape,
-                                         stride=stride, padding=padding))
+        for form, fn in dict(
+            xla=xla_weight_gradient, im2col=im2col_weight_gradient
+        ).items():
+          fn = jax.jit(
+              functools.partial(
+                  fn, kernel_shape=kernel_shape, stride=stride, padding=padding
+              )
+          )
           grad = fn(x, dy)
           reference = grad if reference is None else reference
-          add([dict(layer=f"wgrad {name}", form=form,
-                    shape=[list(x.shape), list(dy.shape)], dtype=dtype,
-                    forward_s=time_call(fn, x, dy, repeats=repeats),
-                    forward_backward_s=float("nan"),
-                    gradient_difference=_max_difference(grad, reference,
-                                                        True))])
+          add(
+              [
+                  dict(
+                      layer=f"wgrad {name}",
+                      form=form,
+                      shape=[list(x.shape), list(dy.shape)],
+                      dtype=dtype,
+                      forward_s=time_call(fn, x, dy, repeats=repeats),
+                      forward_backward_s=float("nan"),
+                      gradient_difference=_max_difference(
+                          grad, reference, True
+                      ),
+                  )
+              ]
+          )
   return rows
 
 
@@ -332,8 +465,9 @@ def define_flags() -> None:
   """This tool's flags (defined only when it runs: train_step.py, importable
   beside it, has flags of the same names)."""
   flags.DEFINE_integer("batch_size", 128, "Batch size.")
-  flags.DEFINE_list("layers", ["pool", "lrn", "conv1", "wgrad"],
-                    "Which comparisons to run.")
+  flags.DEFINE_list(
+      "layers", ["pool", "lrn", "conv1", "wgrad"], "Which comparisons to run."
+  )
   flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "dtypes.")
   flags.DEFINE_integer("repeats", 7, "Timed calls (median).")
 
@@ -344,12 +478,21 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   unknown = set(f.layers) - {"pool", "lrn", "conv1", "wgrad"}
   if unknown:
-    raise cli.UserError(f"--layers: unknown {sorted(unknown)}; choose from "
-                        "pool, lrn, conv1, wgrad.")
-  print(f"{jax.default_backend()} ({jax.devices()[0].device_kind}), jax "
-        f"{jax.__version__}, batch {f.batch_size}")
-  run(f.batch_size, f.layers, f.dtypes, f.repeats,
-      log=functools.partial(print, flush=True))
+    raise cli.UserError(
+        f"--layers: unknown {sorted(unknown)}; choose from "
+        "pool, lrn, conv1, wgrad."
+    )
+  print(
+      f"{jax.default_backend()} ({jax.devices()[0].device_kind}), jax "
+      f"{jax.__version__}, batch {f.batch_size}"
+  )
+  run(
+      f.batch_size,
+      f.layers,
+      f.dtypes,
+      f.repeats,
+      log=functools.partial(print, flush=True),
+  )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,12 @@ def datasheet_peak(device: jax.Device, dtype: str) -> float | None:
   return None
 
 
-def measure_matmul_flops(devices: Sequence[jax.Device], size: int = 4096,
-                         dtype: str = "float32", repeats: int = 5) -> float:
+def measure_matmul_flops(
+    devices: Sequence[jax.Device],
+    size: int = 4096,
+    dtype: str = "float32",
+    repeats: int = 5,
+) -> float:
   """Best FLOP/s of `size`^3 matmuls, one per device, all devices at once.
 
   On CPU the fake devices share the cores, so this is the rate the same
@@ -56,18 +60,25 @@ def measure_matmul_flops(devices: Sequence[jax.Device], size: int = 4096,
   mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
   sharding = jax.sharding.NamedSharding(mesh, P("d"))
   n = len(devices)
-  a = jax.jit(lambda k: jax.random.normal(k, (n, size, size), dtype),
-              out_shardings=sharding)(jax.random.key(0))
-  matmul = jax.jit(jax.shard_map(lambda x, y: x @ y, mesh=mesh,
-                                 in_specs=(P("d"), P("d")),
-                                 out_specs=P("d")))
+  a = jax.jit(
+      lambda k: jax.random.normal(k, (n, size, size), dtype),
+      out_shardings=sharding,
+  )(jax.random.key(0))
+  matmul = jax.jit(
+      jax.shard_map(
+          lambda x, y: x @ y,
+          mesh=mesh,
+          in_specs=(P("d"), P("d")),
+          out_specs=P("d"),
+      )
+  )
   jax.block_until_ready(matmul(a, a))
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(matmul(a, a))
     times.append(time.perf_counter() - start)
-  return 2 * n * size ** 3 / min(times)
+  return 2 * n * size**3 / min(times)
 
 
 def cpu_model() -> str:
@@ -76,8 +87,10 @@ def cpu_model() -> str:
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
       fields = dict(line.split(":", 1) for line in f if ":" in line)
-    name, family, number = (fields.get(key, "").strip() for key in (
-        "model name\t", "cpu family\t", "model\t\t"))
+    name, family, number = (
+        fields.get(key, "").strip()
+        for key in ("model name\t", "cpu family\t", "model\t\t")
+    )
     return f"{name} (family {family}, model {number})"
   except OSError:
     return platform.processor() or "unknown"

@@ -33,8 +33,9 @@ class ProfileError(RuntimeError):
   """The compiled program's op names do not name what the profile expects."""
 
 
-def kernel_layers(config: ml_collections.ConfigDict,
-                  towers_local: int) -> dict[tuple[int, ...], str]:
+def kernel_layers(
+    config: ml_collections.ConfigDict, towers_local: int
+) -> dict[tuple[int, ...], str]:
   """Conv layer by the sorted dims of its per-device kernel gradient.
 
   XLA's weight-gradient convolutions carry no op_name; their result is the
@@ -45,26 +46,39 @@ def kernel_layers(config: ml_collections.ConfigDict,
   towers = config.num_towers
   c1, c2, c3, c4, c5 = config.conv_features
   inputs = dict(conv1=3, conv2=c1, conv3=towers * c2, conv4=c3, conv5=c4)
-  outputs = dict(conv1=towers_local * c1, conv2=c2,
-                 conv3=towers_local * c3, conv4=c4, conv5=c5)
+  outputs = dict(
+      conv1=towers_local * c1,
+      conv2=c2,
+      conv3=towers_local * c3,
+      conv4=c4,
+      conv5=c5,
+  )
   sizes = dict(conv1=11, conv2=5, conv3=3, conv4=3, conv5=3)
-  return {tuple(sorted((sizes[n], sizes[n], inputs[n], outputs[n]))): n
-          for n in sizes}
+  return {
+      tuple(sorted((sizes[n], sizes[n], inputs[n], outputs[n]))): n
+      for n in sizes
+  }
 
 
-def _op_category(line: str, body: str, num_devices: int,
-                 kernels: dict[tuple[int, ...], str] | None = None) -> str:
+def _op_category(
+    line: str,
+    body: str,
+    num_devices: int,
+    kernels: dict[tuple[int, ...], str] | None = None,
+) -> str:
   """A readable group for one top-level HLO op (fusion bodies included)."""
   op_name = re.search(r'op_name="([^"]*)"', line)
   op_name = op_name.group(1) if op_name else ""
-  phase = ("bwd" if "transpose(" in op_name else
-           "fwd" if "jvp(" in op_name else "")
+  phase = (
+      "bwd" if "transpose(" in op_name else "fwd" if "jvp(" in op_name else ""
+  )
   opcode = re.search(r"= (?:\(.*?\)|\S+) ([\w\-]+)\(", line)
   opcode = opcode.group(1) if opcode else ""
   if any(opcode.startswith(op) for op in hlo.COLLECTIVE_OPS):
     group = hlo.replica_groups(line, num_devices)[0]
-    return "collectives" + (" (1-device groups: copies)"
-                            if len(group) == 1 else "")
+    return "collectives" + (
+        " (1-device groups: copies)" if len(group) == 1 else ""
+    )
   layer = re.search(r"AlexNet/(conv\d|fc\d)/", op_name)
   layer = layer.group(1) if layer else None
   text = line + body
@@ -75,32 +89,42 @@ def _op_category(line: str, body: str, num_devices: int,
     if layer:
       return f"conv {layer} {phase}"
     dims = re.match(r"\s*\S+ = [a-z\d]+\[([\d,]+)\]", line)
-    dims = tuple(sorted(int(d) for d in dims.group(1).split(","))
-                 ) if dims else ()
+    dims = (
+        tuple(sorted(int(d) for d in dims.group(1).split(","))) if dims else ()
+    )
     return f"conv {(kernels or {}).get(dims, '?')} weight gradient"
   if " dot(" in text or "__cublas" in text:
     return f"matmul {layer} {phase}" if layer else "matmul (other)"
   if "_lrn" in op_name:
     return f"LRN {phase}"
-  if ("_pool" in op_name or "select-and-scatter" in text or
-      "reduce-window(" in text or opcode == "iota" or "iota(" in body):
+  if (
+      "_pool" in op_name
+      or "select-and-scatter" in text
+      or "reduce-window(" in text
+      or opcode == "iota"
+      or "iota(" in body
+  ):
     return "max-pool (incl. argmax indices for its gradient)"
   if "_dropout" in op_name or "threefry" in text or "rng-bit" in text:
     return "dropout masks"
   if opcode in ("copy", "transpose") or re.search(
-      r"(copy|transpose)[\w.]*fusion", line.split("=")[0]):
+      r"(copy|transpose)[\w.]*fusion", line.split("=")[0]
+  ):
     return "layout copies / transposes"
   return "other elementwise (ReLU, bias, optimizer, loss)"
 
 
-def op_groups(hlo_text: str, num_devices: int,
-              kernels: dict[tuple[int, ...], str] | None = None
-              ) -> dict[str, str]:
+def op_groups(
+    hlo_text: str,
+    num_devices: int,
+    kernels: dict[tuple[int, ...], str] | None = None,
+) -> dict[str, str]:
   """The group of every top-level op of the compiled program, by op name."""
-  entry = hlo_text[hlo_text.index("\nENTRY"):]
+  entry = hlo_text[hlo_text.index("\nENTRY") :]
   bodies = {}
-  for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text,
-                       re.M | re.S):
+  for m in re.finditer(
+      r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text, re.M | re.S
+  ):
     bodies[m.group(1)] = m.group(2)
   ops = {}
   for line in entry.splitlines():
@@ -112,17 +136,20 @@ def op_groups(hlo_text: str, num_devices: int,
   return ops
 
 
-def check_names(groups: dict[str, str], layers: Sequence[str],
-                lrn: bool = True) -> None:
+def check_names(
+    groups: dict[str, str], layers: Sequence[str], lrn: bool = True
+) -> None:
   """Raises ProfileError unless every layer's forward op was named.
 
   `layers`: the model's layers (the keys of its parameter tree); `lrn`:
   whether the model has LRN layers. `groups` as from `op_groups`.
   """
   found = set(groups.values())
-  missing = [layer for layer in layers
-             if f"conv {layer} fwd" not in found and
-             f"matmul {layer} fwd" not in found]
+  missing = [
+      layer
+      for layer in layers
+      if f"conv {layer} fwd" not in found and f"matmul {layer} fwd" not in found
+  ]
   if lrn and "LRN fwd" not in found:
     missing.append("LRN")
   if missing:
@@ -131,14 +158,22 @@ def check_names(groups: dict[str, str], layers: Sequence[str],
         "step: the profile reads a layer from op names '.../AlexNet/<layer>/"
         "...' (conv modules and the fc matmuls' name scopes in "
         "alexnet_jax/model.py) and LRN from '_lrn'. Was one renamed? Groups "
-        f"found: {sorted(found)}")
+        f"found: {sorted(found)}"
+    )
 
 
-def profile_steps(compiled: Any, state: Any, batch: Any, hlo_text: str,
-                  log_dir: str, num_devices: int, layers: Sequence[str],
-                  lrn: bool = True, num_steps: int = 2,
-                  kernels: dict[tuple[int, ...], str] | None = None
-                  ) -> dict[str, Any]:
+def profile_steps(
+    compiled: Any,
+    state: Any,
+    batch: Any,
+    hlo_text: str,
+    log_dir: str,
+    num_devices: int,
+    layers: Sequence[str],
+    lrn: bool = True,
+    num_steps: int = 2,
+    kernels: dict[tuple[int, ...], str] | None = None,
+) -> dict[str, Any]:
   """Traces `num_steps` steps with jax.profiler; see `summarize_trace`.
 
   `layers` and `lrn` are checked first (`check_names`).
@@ -151,17 +186,22 @@ def profile_steps(compiled: Any, state: Any, batch: Any, hlo_text: str,
     jax.block_until_ready((state, metrics))
   wall = (time.perf_counter() - start) / num_steps
   jax.profiler.stop_trace()
-  trace = sorted(glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"),
-                           recursive=True), key=os.path.getmtime)[-1]
+  trace = sorted(
+      glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"), recursive=True),
+      key=os.path.getmtime,
+  )[-1]
   summary = summarize_trace(trace, hlo_text, num_devices, num_steps, kernels)
   summary.update(wall_s_per_step=wall, trace=trace)
   return summary
 
 
-def summarize_trace(trace: str, hlo_text: str, num_devices: int,
-                    num_steps: int,
-                    kernels: dict[tuple[int, ...], str] | None = None
-                    ) -> dict[str, Any]:
+def summarize_trace(
+    trace: str,
+    hlo_text: str,
+    num_devices: int,
+    num_steps: int,
+    kernels: dict[tuple[int, ...], str] | None = None,
+) -> dict[str, Any]:
   """Time per op group of a trace of `num_steps` steps of `hlo_text`.
 
   Sums the durations of the trace events named like the program's
@@ -177,5 +217,7 @@ def summarize_trace(trace: str, hlo_text: str, num_devices: int,
       for event in line.events:
         if event.name in ops:
           busy[ops[event.name]] += event.duration_ns / 1e9 / num_steps
-  return {"busy_s_per_step": sum(busy.values()),
-          "busy_s_by_group": dict(busy.most_common())}
+  return {
+      "busy_s_per_step": sum(busy.values()),
+      "busy_s_by_group": dict(busy.most_common()),
+  }

@@ -13,8 +13,7 @@ from typing import Any
 from benchmarks import costs
 
 
-def best_batches(results: Sequence[dict[str, Any]]
-                 ) -> list[dict[str, Any]]:
+def best_batches(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """The fastest batch size of each (mesh, dtype) that ran several."""
   groups = collections.defaultdict(list)
   for r in results:
@@ -24,17 +23,33 @@ def best_batches(results: Sequence[dict[str, Any]]
   for (mesh, dtype), group in groups.items():
     if len(group) > 1:
       fastest = max(group, key=lambda r: r["images_per_s"])
-      best.append(dict(mesh=mesh, dtype=dtype,
-                       batch_size=fastest["batch_size"],
-                       images_per_s=fastest["images_per_s"],
-                       batch_sizes=[r["batch_size"] for r in group]))
+      best.append(
+          dict(
+              mesh=mesh,
+              dtype=dtype,
+              batch_size=fastest["batch_size"],
+              images_per_s=fastest["images_per_s"],
+              batch_sizes=[r["batch_size"] for r in group],
+          )
+      )
   return best
 
 
-_COLUMNS = (("mesh", 5), ("dev", 3), ("dtype", 8), ("batch", 5),
-            ("compile_s", 9), ("step_s", 7), ("img/s", 7),
-            ("img/cpu_s", 9), ("TFLOP/s", 7), ("MFU", 6),
-            ("coll_MB_hlo", 11), ("coll_MB_min", 11), ("load", 5))
+_COLUMNS = (
+    ("mesh", 5),
+    ("dev", 3),
+    ("dtype", 8),
+    ("batch", 5),
+    ("compile_s", 9),
+    ("step_s", 7),
+    ("img/s", 7),
+    ("img/cpu_s", 9),
+    ("TFLOP/s", 7),
+    ("MFU", 6),
+    ("coll_MB_hlo", 11),
+    ("coll_MB_min", 11),
+    ("load", 5),
+)
 
 
 def _row(values: Sequence[str]) -> str:
@@ -44,19 +59,33 @@ def _row(values: Sequence[str]) -> str:
 def format_row(r: dict[str, Any]) -> str:
   """One line of the results table (collectives: MB per device per step)."""
   if "error" in r:
-    return _row([r["mesh"], "", r["dtype"].replace("bfloat16", "bf16"),
-                 str(r["batch_size"]), r["error"]])
+    return _row(
+        [
+            r["mesh"],
+            "",
+            r["dtype"].replace("bfloat16", "bf16"),
+            str(r["batch_size"]),
+            r["error"],
+        ]
+    )
   mfu = r.get("mfu")
-  return _row([
-      r["mesh"], str(r["devices"]), r["dtype"].replace("bfloat16", "bf16"),
-      str(r["batch_size"]), f"{r['lower_plus_compile_s']:.1f}",
-      f"{r['step_s_median']:.2f}", f"{r['images_per_s']:.1f}",
-      f"{r['images_per_cpu_s']:.1f}",
-      f"{r.get('achieved_flops_per_s', 0.0) / 1e12:.3f}",
-      "-" if mfu is None else f"{100 * mfu:.1f}%",
-      f"{r['collective_bytes_sent_per_device']['total'] / 1e6:.3f}",
-      f"{r['analytic_collective_bytes_per_device']['total'] / 1e6:.3f}",
-      f"{r.get('load_average_before', (float('nan'),))[0]:.1f}"])
+  return _row(
+      [
+          r["mesh"],
+          str(r["devices"]),
+          r["dtype"].replace("bfloat16", "bf16"),
+          str(r["batch_size"]),
+          f"{r['lower_plus_compile_s']:.1f}",
+          f"{r['step_s_median']:.2f}",
+          f"{r['images_per_s']:.1f}",
+          f"{r['images_per_cpu_s']:.1f}",
+          f"{r.get('achieved_flops_per_s', 0.0) / 1e12:.3f}",
+          "-" if mfu is None else f"{100 * mfu:.1f}%",
+          f"{r['collective_bytes_sent_per_device']['total'] / 1e6:.3f}",
+          f"{r['analytic_collective_bytes_per_device']['total'] / 1e6:.3f}",
+          f"{r.get('load_average_before', (float('nan'),))[0]:.1f}",
+      ]
+  )
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -66,10 +95,12 @@ def format_report(report: dict[str, Any]) -> str:
       f"{report['backend']} x{report['num_devices']} "
       f"({report['device_kind']}); CPU {report['cpu']}; jax "
       f"{report['jax']}; {report['num_params']:,} parameters",
-      "Analytic forward multiply-adds per image: " + ", ".join(
+      "Analytic forward multiply-adds per image: "
+      + ", ".join(
           f"{k} {v / 1e6:.1f}M"
-          for k, v in flops["forward_macs_per_layer"].items()) +
-      f"; total {flops['forward_macs_per_image']:,} "
+          for k, v in flops["forward_macs_per_layer"].items()
+      )
+      + f"; total {flops['forward_macs_per_image']:,} "
       f"({flops['forward_macs_per_image'] / costs.PAPER_FORWARD_MACS:.4f} "
       "x the 724M commonly quoted)",
       f"FLOPs per image: forward {flops['forward_flops_per_image'] / 1e9:.3f}"
@@ -77,7 +108,9 @@ def format_report(report: dict[str, Any]) -> str:
       f"without taps on zero padding); train step (3x) "
       f"{flops['train_flops_per_image'] / 1e9:.3f} G (exact, no conv1 input "
       f"gradient: {flops['train_flops_per_image_exact'] / 1e9:.3f} G)",
-      "", _row([name for name, _ in _COLUMNS])]
+      "",
+      _row([name for name, _ in _COLUMNS]),
+  ]
   lines += [format_row(r) for r in report["results"]]
   if report["results"]:
     lines += [
@@ -85,22 +118,30 @@ def format_report(report: dict[str, Any]) -> str:
         "img/cpu_s: images per CPU-second of the process; MFU: analytic "
         "train FLOPs (3x forward) x img/s / peak; coll_MB: MB each device "
         "sends per step, from the compiled HLO and the analytic minimum; "
-        "load: 1-min load average before the case.", ""]
+        "load: 1-min load average before the case.",
+        "",
+    ]
   for best in report.get("best_batch", ()):
     lines.append(
         f"best batch, {best['mesh']} {best['dtype']}: {best['batch_size']} "
-        f"({best['images_per_s']:.1f} images/s; of {best['batch_sizes']})")
+        f"({best['images_per_s']:.1f} images/s; of {best['batch_sizes']})"
+    )
   if report.get("best_batch"):
     lines.append("")
   if any("speed_vs_first_case" in r for r in report["results"]):
     first = report["results"][0]
-    lines += [f"interleaved: speed relative to {first['mesh']} "
-              f"{first['dtype']} batch {first['batch_size']} (median over "
-              "rounds of its step time / this case's): " + ", ".join(
-                  f"{r['mesh']} {r['dtype']} batch {r['batch_size']} "
-                  f"{r['speed_vs_first_case']:.3f}x"
-                  for r in report["results"] if "speed_vs_first_case" in r),
-              ""]
+    lines += [
+        f"interleaved: speed relative to {first['mesh']} "
+        f"{first['dtype']} batch {first['batch_size']} (median over "
+        "rounds of its step time / this case's): "
+        + ", ".join(
+            f"{r['mesh']} {r['dtype']} batch {r['batch_size']} "
+            f"{r['speed_vs_first_case']:.3f}x"
+            for r in report["results"]
+            if "speed_vs_first_case" in r
+        ),
+        "",
+    ]
   for r in report["results"]:
     if "error" in r:
       continue
@@ -117,17 +158,22 @@ def format_report(report: dict[str, Any]) -> str:
         f"({r['peak_source']}); peak device memory {peak}; XLA compiled "
         f"memory "
         f"{'n/a' if compiled is None else f'{compiled / 2**30:.2f} GiB'}"
-        f"/device; step times {[round(x, 2) for x in r['step_s']]} s")
+        f"/device; step times {[round(x, 2) for x in r['step_s']]} s"
+    )
     for c in r["collectives"]:
       if c["sent_bytes"]:
-        lines.append(f"    {c['axis']:5s} {c['phase']:8s} {c['op']:15s} "
-                     f"{' '.join(c['types'])[:50]:50s} group "
-                     f"{c['group_size']} sends {c['sent_bytes'] / 1e6:.3f} MB")
+        lines.append(
+            f"    {c['axis']:5s} {c['phase']:8s} {c['op']:15s} "
+            f"{' '.join(c['types'])[:50]:50s} group "
+            f"{c['group_size']} sends {c['sent_bytes'] / 1e6:.3f} MB"
+        )
     if r.get("profile"):
       p = r["profile"]
-      lines.append(f"    profile: {p['wall_s_per_step']:.2f} s/step wall, "
-                   f"{p['busy_s_per_step']:.2f} s in ops (summed over "
-                   "threads):")
+      lines.append(
+          f"    profile: {p['wall_s_per_step']:.2f} s/step wall, "
+          f"{p['busy_s_per_step']:.2f} s in ops (summed over "
+          "threads):"
+      )
       for group, seconds in p["busy_s_by_group"].items():
         share = 100 * seconds / p["busy_s_per_step"]
         lines.append(f"      {seconds:7.3f} s {share:5.1f}%  {group}")
@@ -137,5 +183,6 @@ def format_report(report: dict[str, Any]) -> str:
         f"Input pipeline, training transforms, {i['threads']} tf.data "
         f"thread, batch {i['batch_size']}: {i['images_per_s']:.1f} images/s "
         f"median, {i['images_per_cpu_s']:.1f} per CPU-second, best pass "
-        f"{i['best_images_per_s']:.1f} (benchmarks/input_pipeline.py)")
+        f"{i['best_images_per_s']:.1f} (benchmarks/input_pipeline.py)"
+    )
   return "\n".join(lines)

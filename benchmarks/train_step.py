@@ -78,8 +78,9 @@ from benchmarks import op_profile
 from benchmarks import report as report_lib
 
 
-def mesh_shapes(spec: str, num_devices: int, num_towers: int,
-                batch_size: int) -> list[tuple[int, int]]:
+def mesh_shapes(
+    spec: str, num_devices: int, num_towers: int, batch_size: int
+) -> list[tuple[int, int]]:
   """Mesh shapes (data, model) to run: "auto", "none" or e.g. "1x1,1x2".
 
   auto: 1x1 (both towers on one device), 1 x m for every model axis m that
@@ -97,23 +98,26 @@ def mesh_shapes(spec: str, num_devices: int, num_towers: int,
   models = [m for m in range(1, num_towers + 1) if num_towers % m == 0]
   shapes = set()
   for m in models:
-    datas = {1, num_devices // m} | {2 ** i for i in range(1, 12)}
+    datas = {1, num_devices // m} | {2**i for i in range(1, 12)}
     for d in datas:
       if d >= 1 and d * m <= num_devices and batch_size % d == 0:
         shapes.add((d, m))
   return sorted(shapes, key=lambda s: (s[0] * s[1], -s[1], s[0]))
 
 
-def random_batch(config: ml_collections.ConfigDict, batch_size: int,
-                 seed: int = 0) -> dict[str, np.ndarray]:
+def random_batch(
+    config: ml_collections.ConfigDict, batch_size: int, seed: int = 0
+) -> dict[str, np.ndarray]:
   """A fixed random batch: normal images (as after mean subtraction)."""
   rng = np.random.default_rng(seed)
   size = config.model.image_size
   return {
       "image": rng.normal(0, 50, (batch_size, size, size, 3)).astype(
-          np.float32),
+          np.float32
+      ),
       "label": rng.integers(0, config.model.num_classes, batch_size).astype(
-          np.int32),
+          np.int32
+      ),
   }
 
 
@@ -134,12 +138,16 @@ def _memory(compiled: Any, devices: Iterable[jax.Device]) -> dict[str, Any]:
   analysis = compiled.memory_analysis()
   compiled_bytes = None
   if analysis is not None:
-    compiled_bytes = (analysis.argument_size_in_bytes +
-                      analysis.output_size_in_bytes -
-                      analysis.alias_size_in_bytes +
-                      analysis.temp_size_in_bytes)
-  return {"peak_device_bytes": max(peaks) if peaks else None,
-          "compiled_bytes_per_device": compiled_bytes}
+    compiled_bytes = (
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        - analysis.alias_size_in_bytes
+        + analysis.temp_size_in_bytes
+    )
+  return {
+      "peak_device_bytes": max(peaks) if peaks else None,
+      "compiled_bytes_per_device": compiled_bytes,
+  }
 
 
 class TrainStepCase:
@@ -152,18 +160,28 @@ class TrainStepCase:
   with `interleave`, one step of each in turn.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict,
-               mesh_shape: tuple[int, int], batch_size: int):
-    self.config, self.mesh_shape, self.batch_size = (config, mesh_shape,
-                                                     batch_size)
-    self.mesh = parallel.make_mesh(*mesh_shape,
-                                   num_towers=config.model.num_towers)
+  def __init__(
+      self,
+      config: ml_collections.ConfigDict,
+      mesh_shape: tuple[int, int],
+      batch_size: int,
+  ):
+    self.config, self.mesh_shape, self.batch_size = (
+        config,
+        mesh_shape,
+        batch_size,
+    )
+    self.mesh = parallel.make_mesh(
+        *mesh_shape, num_towers=config.model.num_towers
+    )
     parallel.check_batch_size(batch_size, self.mesh)
     self.state, shardings = steps_lib.create_train_state(
-        config, jax.random.key(0), self.mesh)
+        config, jax.random.key(0), self.mesh
+    )
     train_step = steps_lib.make_train_step(config, self.mesh, shardings)
-    self.batch = parallel.shard_batch(random_batch(config, batch_size),
-                                      self.mesh)
+    self.batch = parallel.shard_batch(
+        random_batch(config, batch_size), self.mesh
+    )
     start = time.perf_counter()
     lowered = train_step.lower(self.state, self.batch)
     self.lower_s = time.perf_counter() - start
@@ -172,8 +190,9 @@ class TrainStepCase:
     self.compile_s = time.perf_counter() - start
     # XLA's count of the forward pass alone (inference, no dropout).
     apply = model_lib.make_apply(config.model, self.mesh)
-    self.forward = jax.jit(apply).lower(self.state.params,
-                                        self.batch["image"]).compile()
+    self.forward = (
+        jax.jit(apply).lower(self.state.params, self.batch["image"]).compile()
+    )
     self.metrics = None
     self.wall: list[float] = []
     self.cpu: list[float] = []
@@ -190,8 +209,11 @@ class TrainStepCase:
   def result(self, profile_dir: str | None = None) -> dict[str, Any]:
     """The figures of the timed steps; with `profile_dir`, where the time
     of two more (traced) steps goes."""
-    config, mesh_shape, batch_size = (self.config, self.mesh_shape,
-                                      self.batch_size)
+    config, mesh_shape, batch_size = (
+        self.config,
+        self.mesh_shape,
+        self.batch_size,
+    )
     devices = list(self.mesh.devices.flat)
     num_devices = len(devices)
     hlo_text = self.compiled.as_text()
@@ -199,12 +221,19 @@ class TrainStepCase:
     profile = None
     if profile_dir is not None:
       profile = op_profile.profile_steps(
-          self.compiled, self.state, self.batch, hlo_text, profile_dir,
-          num_devices=num_devices, layers=tuple(self.state.params),
+          self.compiled,
+          self.state,
+          self.batch,
+          hlo_text,
+          profile_dir,
+          num_devices=num_devices,
+          layers=tuple(self.state.params),
           lrn=config.model.lrn.get("enabled", True),
           kernels=op_profile.kernel_layers(
-              config.model, parallel.towers_per_device(
-                  self.mesh, config.model.num_towers)))
+              config.model,
+              parallel.towers_per_device(self.mesh, config.model.num_towers),
+          ),
+      )
     step_s = statistics.median(self.wall)
     collectives = hlo.collectives(hlo_text, mesh_shape)
     xla_step = _cost_flops(self.compiled)
@@ -230,8 +259,10 @@ class TrainStepCase:
         "collectives": collectives,
         "collective_bytes_sent_per_device": hlo.summarize(collectives),
         "analytic_collective_bytes_per_device": (
-            costs.analytic_collective_bytes(config.model, mesh_shape,
-                                            batch_size)),
+            costs.analytic_collective_bytes(
+                config.model, mesh_shape, batch_size
+            )
+        ),
         "memory": _memory(self.compiled, devices),
         "profile": profile,
     }
@@ -242,8 +273,9 @@ class TrainStepCase:
 # ---------------------------------------------------------------------------
 
 
-def _with_dtype(config: ml_collections.ConfigDict, dtype: str
-                ) -> ml_collections.ConfigDict:
+def _with_dtype(
+    config: ml_collections.ConfigDict, dtype: str
+) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.dtype = dtype
   return config
@@ -253,11 +285,19 @@ def _out_of_memory(error: Exception) -> bool:
   return "RESOURCE_EXHAUSTED" in str(error) or "Out of memory" in str(error)
 
 
-def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
-        meshes: str = "auto", dtypes: Sequence[str] = ("float32",),
-        steps: int = 5, warmup: int = 2, matmul_size: int = 4096,
-        profile_dir: str | None = None, interleave: bool = False,
-        log=print) -> dict[str, Any]:
+def run(
+    config: ml_collections.ConfigDict,
+    *,
+    batch_sizes: Sequence[int],
+    meshes: str = "auto",
+    dtypes: Sequence[str] = ("float32",),
+    steps: int = 5,
+    warmup: int = 2,
+    matmul_size: int = 4096,
+    profile_dir: str | None = None,
+    interleave: bool = False,
+    log=print,
+) -> dict[str, Any]:
   """Benchmarks every (mesh, dtype, batch); returns the JSON-able report.
 
   `interleave`: compile and warm up every case first, then time one step of
@@ -267,8 +307,9 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
   devices = jax.devices()
   backend = jax.default_backend()
   flops = costs.analytic_flops(config.model)
-  shapes = mesh_shapes(meshes, len(devices), config.model.num_towers,
-                       math.gcd(*batch_sizes))
+  shapes = mesh_shapes(
+      meshes, len(devices), config.model.num_towers, math.gcd(*batch_sizes)
+  )
   report = {
       "backend": backend,
       "device_kind": devices[0].device_kind,
@@ -279,22 +320,33 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
       "num_params": model_lib.count_params(
-          model_lib.param_shapes(config.model)),
+          model_lib.param_shapes(config.model)
+      ),
       "analytic_flops": flops,
       "paper_forward_macs": costs.PAPER_FORWARD_MACS,
-      "timing": ("median of per-step wall times; every step is blocked on "
-                 "(block_until_ready of the new state and metrics)"),
+      "timing": (
+          "median of per-step wall times; every step is blocked on "
+          "(block_until_ready of the new state and metrics)"
+      ),
       "peak_memory_note": (
           "device.memory_stats() is None on the CPU backend"
-          if backend == "cpu" else "device.memory_stats()['peak_bytes_in_"
-          "use'], max over the mesh's devices"),
+          if backend == "cpu"
+          else "device.memory_stats()['peak_bytes_in_"
+          "use'], max over the mesh's devices"
+      ),
       "results": [],
   }
   peaks: dict[tuple[int, str], float] = {}
-  cases = [(shape, dtype, batch) for shape in shapes for dtype in dtypes
-           for batch in batch_sizes]
-  names = {case: f"{case[0][0]}x{case[0][1]} {case[1]}: batch {case[2]}"
-           for case in cases}
+  cases = [
+      (shape, dtype, batch)
+      for shape in shapes
+      for dtype in dtypes
+      for batch in batch_sizes
+  ]
+  names = {
+      case: f"{case[0][0]}x{case[0][1]} {case[1]}: batch {case[2]}"
+      for case in cases
+  }
   results, loads = {}, {}
 
   def prepare(case):
@@ -309,14 +361,22 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
       if not _out_of_memory(e):
         raise
       log(f"  batch {batch_size} does not fit in device memory")
-      results[case] = dict(mesh=f"{shape[0]}x{shape[1]}", dtype=dtype,
-                           batch_size=batch_size,
-                           error="out of device memory")
+      results[case] = dict(
+          mesh=f"{shape[0]}x{shape[1]}",
+          dtype=dtype,
+          batch_size=batch_size,
+          error="out of device memory",
+      )
       return None
 
   def case_dir(case):
-    return None if profile_dir is None else os.path.join(
-        profile_dir, names[case].replace(": batch ", "_").replace(" ", "_"))
+    return (
+        None
+        if profile_dir is None
+        else os.path.join(
+            profile_dir, names[case].replace(": batch ", "_").replace(" ", "_")
+        )
+    )
 
   if interleave:
     prepared = {}
@@ -326,8 +386,9 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
     prepared = {case: p for case, p in prepared.items() if p is not None}
     load = os.getloadavg()  # One reading: the cases are timed together.
     loads.update(dict.fromkeys(prepared, load))
-    log(f"timing {steps} rounds of one step per case, load {load[0]:.2f} "
-        "...")
+    log(
+        f"timing {steps} rounds of one step per case, load {load[0]:.2f} " "..."
+    )
     for _ in range(steps):
       for p in prepared.values():
         p.step()
@@ -336,7 +397,8 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
       results[case] = p.result(case_dir(case))
       # Paired by round, so load that changes between rounds cancels.
       results[case]["speed_vs_first_case"] = statistics.median(
-          a / b for a, b in zip(first.wall, p.wall))
+          a / b for a, b in zip(first.wall, p.wall)
+      )
   else:
     for case in cases:
       loads[case] = os.getloadavg()
@@ -357,10 +419,13 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
     if backend == "cpu":
       if (n, "float32") not in peaks:
         peaks[n, "float32"] = machine.measure_matmul_flops(
-            jax.devices()[:n], matmul_size, "float32")
+            jax.devices()[:n], matmul_size, "float32"
+        )
       peak = peaks[n, "float32"]
-      peak_source = (f"measured float32 {matmul_size}^3 matmul on the "
-                     f"same {n} device(s)")
+      peak_source = (
+          f"measured float32 {matmul_size}^3 matmul on the "
+          f"same {n} device(s)"
+      )
     else:
       one = machine.datasheet_peak(devices[0], dtype)
       peak = None if one is None else one * n
@@ -372,14 +437,16 @@ def run(config: ml_collections.ConfigDict, *, batch_sizes: Sequence[int],
         achieved_flops_per_s=achieved,
         peak_flops_per_s=peak,
         peak_source=peak_source,
-        mfu=None if not peak else achieved / peak)
+        mfu=None if not peak else achieved / peak,
+    )
     log(report_lib.format_row(result))
   report["best_batch"] = report_lib.best_batches(report["results"])
   return report
 
 
-def benchmark_input(num_images: int = 256, passes: int = 3,
-                    images_per_pass: int = 512) -> dict[str, Any]:
+def benchmark_input(
+    num_images: int = 256, passes: int = 3, images_per_pass: int = 512
+) -> dict[str, Any]:
   """The training input pipeline's images/s on one core.
 
   Delegates to benchmarks/input_pipeline.py (imported here: it needs
@@ -390,59 +457,87 @@ def benchmark_input(num_images: int = 256, passes: int = 3,
   # One thread for TensorFlow's op pools too, as its command line does.
   input_pipeline.limit_tensorflow_threads(1)
   jpegs = input_pipeline.synthetic_jpegs(num_images)
-  return input_pipeline.benchmark(jpegs, "train", threads=1, passes=passes,
-                                   images_per_pass=images_per_pass)
+  return input_pipeline.benchmark(
+      jpegs, "train", threads=1, passes=passes, images_per_pass=images_per_pass
+  )
 
 
 # ---------------------------------------------------------------------------
 # Command line.
 # ---------------------------------------------------------------------------
 
+
 def define_flags() -> None:
   """This tool's flags, defined only when it runs (the other benchmarks,
   which it may import, define flags of the same names)."""
   config_flags.DEFINE_config_file(
-      "config", None, "Optional config file with `model` and `optim` sections "
+      "config",
+      None,
+      "Optional config file with `model` and `optim` sections "
       "(e.g. configs/ilsvrc2010.py:caffe_lrn); default: the paper's model and "
       "optimizer (model.default_config(), optim.default_config()).",
-      lock_config=True)
+      lock_config=True,
+  )
   flags.DEFINE_list(
-      "batch_size", ["128"], "Global batch size, or a list of them to sweep "
-      "(e.g. 128,512,2048): the report adds the best one per mesh and dtype.")
+      "batch_size",
+      ["128"],
+      "Global batch size, or a list of them to sweep "
+      "(e.g. 128,512,2048): the report adds the best one per mesh and dtype.",
+  )
   flags.DEFINE_string(
-      "meshes", "auto", "'auto' (1x1, 1x2, then larger data x model shapes "
+      "meshes",
+      "auto",
+      "'auto' (1x1, 1x2, then larger data x model shapes "
       "as the devices allow), a list like '1x1,1x2,2x2' (data x model), or "
-      "'none' (e.g. with --input only).")
-  flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
-                    "Compute dtypes (model.dtype) to run.")
+      "'none' (e.g. with --input only).",
+  )
+  flags.DEFINE_list(
+      "dtypes", ["float32", "bfloat16"], "Compute dtypes (model.dtype) to run."
+  )
   flags.DEFINE_integer("steps", 5, "Timed steps (median reported).")
   flags.DEFINE_integer("warmup", 2, "Untimed steps first.")
   flags.DEFINE_integer(
-      "cpu_devices", 2, "Fake CPU devices to make before JAX starts (the CPU "
-      "backend only; GPUs and TPUs are unaffected). 0: JAX's default (1).")
+      "cpu_devices",
+      2,
+      "Fake CPU devices to make before JAX starts (the CPU "
+      "backend only; GPUs and TPUs are unaffected). 0: JAX's default (1).",
+  )
   flags.DEFINE_integer(
-      "matmul_size", 4096, "Side of the float32 matmul that measures the CPU "
-      "peak.")
+      "matmul_size",
+      4096,
+      "Side of the float32 matmul that measures the CPU " "peak.",
+  )
   flags.DEFINE_bool(
-      "input", False, "Also time the input pipeline on one core (needs "
-      "TensorFlow).")
+      "input",
+      False,
+      "Also time the input pipeline on one core (needs " "TensorFlow).",
+  )
   flags.DEFINE_bool(
-      "profile", False, "Trace 2 steps per case and print the time per op "
-      "group (conv/matmul per layer, LRN, pooling, collectives, copies).")
+      "profile",
+      False,
+      "Trace 2 steps per case and print the time per op "
+      "group (conv/matmul per layer, LRN, pooling, collectives, copies).",
+  )
   flags.DEFINE_string(
-      "profile_dir", None, "Where --profile writes traces (default: a "
-      "temporary directory).")
+      "profile_dir",
+      None,
+      "Where --profile writes traces (default: a " "temporary directory).",
+  )
   flags.DEFINE_bool(
-      "interleave", False, "Compile every case first, then time one step of "
+      "interleave",
+      False,
+      "Compile every case first, then time one step of "
       "each in turn (all cases share the machine's load: the fair comparison "
-      "on a shared host; every case must fit in memory at once).")
+      "on a shared host; every case must fit in memory at once).",
+  )
   flags.DEFINE_string("json", None, "Write the report here as JSON.")
 
 
 def default_config() -> ml_collections.ConfigDict:
   """The paper's model and optimizer (as configs/ilsvrc2010.py has them)."""
-  return ml_collections.ConfigDict(dict(model=model_lib.default_config(),
-                                        optim=optim.default_config()))
+  return ml_collections.ConfigDict(
+      dict(model=model_lib.default_config(), optim=optim.default_config())
+  )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -454,25 +549,34 @@ def main(argv: Sequence[str]) -> None:
   config = cli.config_value(f["config"]) or default_config()
   profile_dir = None
   if f.profile:
-    profile_dir = f.profile_dir or tempfile.mkdtemp(
-        prefix="alexnet_benchmark_")
+    profile_dir = f.profile_dir or tempfile.mkdtemp(prefix="alexnet_benchmark_")
   try:
     batch_sizes = [int(b) for b in f.batch_size]
   except ValueError:
     batch_sizes = []
   if not batch_sizes or min(batch_sizes) < 1:
-    raise cli.UserError(f"--batch_size={','.join(f.batch_size)}: give "
-                        "positive integers, e.g. --batch_size=128,512.")
-  report = run(config, batch_sizes=batch_sizes, meshes=f.meshes,
-               dtypes=f.dtypes, steps=f.steps,
-               warmup=f.warmup, matmul_size=f.matmul_size,
-               profile_dir=profile_dir, interleave=f.interleave,
-               log=functools.partial(print, flush=True))
+    raise cli.UserError(
+        f"--batch_size={','.join(f.batch_size)}: give "
+        "positive integers, e.g. --batch_size=128,512."
+    )
+  report = run(
+      config,
+      batch_sizes=batch_sizes,
+      meshes=f.meshes,
+      dtypes=f.dtypes,
+      steps=f.steps,
+      warmup=f.warmup,
+      matmul_size=f.matmul_size,
+      profile_dir=profile_dir,
+      interleave=f.interleave,
+      log=functools.partial(print, flush=True),
+  )
   if f.input:
     report["input_pipeline"] = benchmark_input()
   report["load_average_end"] = os.getloadavg()
-  report["command"] = " ".join(["python -m benchmarks.train_step"] +
-                               sys.argv[1:])
+  report["command"] = " ".join(
+      ["python -m benchmarks.train_step"] + sys.argv[1:]
+  )
   print()
   print(report_lib.format_report(report))
   if f.json:

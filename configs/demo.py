@@ -43,12 +43,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data_dir = "data/tfds"
   c.manual_dir = "data/ilsvrc2010_mini/manual"
   # What the generator writes (alexnet_jax.data.mini.MiniParams).
-  c.mini = ml_collections.ConfigDict(dict(
-      num_classes=10, train_per_class=300, val_per_class=50,
-      test_per_class=50, image_size=96, seed=0))
+  c.mini = ml_collections.ConfigDict(
+      dict(
+          num_classes=10,
+          train_per_class=300,
+          val_per_class=50,
+          test_per_class=50,
+          image_size=96,
+          seed=0,
+      )
+  )
   # The builder stores 72x72 images (the paper: 256, §2); 64x64 crops.
   c.dataset_options = ml_collections.ConfigDict(
-      dict(num_classes=10, image_size=72))
+      dict(num_classes=10, image_size=72)
+  )
   c.model.image_size = 64
   c.model.num_classes = 10
   # A quarter of the paper's widths (per tower, §3.5).

@@ -59,8 +59,15 @@ from alexnet_jax import model
 from alexnet_jax import optim
 
 # The paper's comparisons (module docstring); demo.py takes them too.
-SWITCHES = ("one_gpu", "no_lrn", "no_overlap", "no_pca", "no_dropout",
-            "tanh", "no_conv4")
+SWITCHES = (
+    "one_gpu",
+    "no_lrn",
+    "no_overlap",
+    "no_pca",
+    "no_dropout",
+    "tanh",
+    "no_conv4",
+)
 ARGS = SWITCHES + ("caffe_init", "caffe_lrn", "steps", "bf16")
 
 
@@ -69,11 +76,16 @@ def parse_args(arg: str | None, known: tuple[str, ...] = ARGS) -> set[str]:
   args = {a.strip() for a in (arg or "").split(",") if a.strip()}
   unknown = args - set(known)
   if unknown:
-    hint = (" (one_tower, which halved every layer, was replaced by "
-            "one_gpu, the paper's one-GPU net)"
-            if "one_tower" in unknown else "")
-    raise ValueError(f"unknown config argument(s) {sorted(unknown)}{hint}; "
-                     f"known: {list(known)}")
+    hint = (
+        " (one_tower, which halved every layer, was replaced by "
+        "one_gpu, the paper's one-GPU net)"
+        if "one_tower" in unknown
+        else ""
+    )
+    raise ValueError(
+        f"unknown config argument(s) {sorted(unknown)}{hint}; "
+        f"known: {list(known)}"
+    )
   return args
 
 

@@ -65,8 +65,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # has no groups: it normalizes over both towers' maps, where the
     # paper's towers normalize their own (§3.3, §3.5; docs/paper.md "LRN").
     c.model.image_size = 227
-    c.model.lrn.update(convention="caffe", k=1.0, n=5, alpha=1e-4,
-                       beta=0.75, across_towers=True)
+    c.model.lrn.update(
+        convention="caffe",
+        k=1.0,
+        n=5,
+        alpha=1e-4,
+        beta=0.75,
+        across_towers=True,
+    )
     c.model.dropout_scaling = "inverted"
     c.model.init = "caffe"
     # Caffe's mean image (imagenet_mean.binaryproto, converted by the

@@ -5,6 +5,7 @@ file configures them first, before any test module imports JAX code. Tests
 that need a different device count run in a subprocess (see
 `run_in_subprocess` in tests/helpers.py).
 """
+
 import atexit
 import contextlib
 import fcntl
@@ -62,6 +63,7 @@ def shared_dir(tmp_path_factory, name: str):
     fcntl.flock(lock, fcntl.LOCK_EX)
     path.mkdir(exist_ok=True)
     yield path
+
 
 # 10 classes x (8 train, 3 val, 3 test): 140 images. Source sides vary
 # around 160 px (about 110..270), so the builder's rescale both enlarges and

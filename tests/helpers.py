@@ -37,21 +37,31 @@ def tiny_config(**model_overrides) -> ml_collections.ConfigDict:
   return c
 
 
-def run_in_subprocess(code: str, num_devices: int, timeout: float = 300,
-                      env: dict[str, str] | None = None
-                      ) -> subprocess.CompletedProcess[str]:
+def run_in_subprocess(
+    code: str,
+    num_devices: int,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
   """Runs Python `code` with `num_devices` fake CPU devices; checks rc 0."""
   full_env = dict(os.environ)
   full_env["XLA_FLAGS"] = (
-      f"--xla_force_host_platform_device_count={num_devices}")
+      f"--xla_force_host_platform_device_count={num_devices}"
+  )
   full_env["JAX_PLATFORMS"] = "cpu"
   full_env.update(env or {})
-  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT,
-                        env=full_env, capture_output=True, text=True,
-                        timeout=timeout)
+  proc = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=REPO_ROOT,
+      env=full_env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
   assert proc.returncode == 0, (
       f"subprocess failed (rc {proc.returncode}):\n{proc.stdout}\n"
-      f"{proc.stderr}")
+      f"{proc.stderr}"
+  )
   return proc
 
 
@@ -70,22 +80,34 @@ def smoke_config(dirs, arg: str = "smoke", **overrides):
 
 
 def main_command(dirs, workdir, *flags, config="configs/demo.py:smoke"):
-  return [sys.executable, "-m", "alexnet_jax.main", f"--config={config}",
-          f"--workdir={workdir}", f"--config.data_dir={dirs[0]}",
-          f"--config.manual_dir={dirs[1]}", *flags]
+  return [
+      sys.executable,
+      "-m",
+      "alexnet_jax.main",
+      f"--config={config}",
+      f"--workdir={workdir}",
+      f"--config.data_dir={dirs[0]}",
+      f"--config.manual_dir={dirs[1]}",
+      *flags,
+  ]
 
 
-def start_main(dirs, workdir, *flags, log: str,
-               config="configs/demo.py:smoke") -> subprocess.Popen:
+def start_main(
+    dirs, workdir, *flags, log: str, config="configs/demo.py:smoke"
+) -> subprocess.Popen:
   """Starts the command line; its stdout and stderr go to the file `log`.
 
   A file, not a pipe: a process that logs more than a pipe holds while
   nobody reads it would block.
   """
   with open(log, "w") as f:
-    return subprocess.Popen(main_command(dirs, workdir, *flags, config=config),
-                            cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        main_command(dirs, workdir, *flags, config=config),
+        cwd=REPO_ROOT,
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def read(path: str) -> str:
@@ -93,9 +115,14 @@ def read(path: str) -> str:
     return f.read()
 
 
-def run_main(dirs, workdir, *flags, config="configs/demo.py:smoke",
-             check=True, log: str | None = None
-             ) -> subprocess.CompletedProcess[str]:
+def run_main(
+    dirs,
+    workdir,
+    *flags,
+    config="configs/demo.py:smoke",
+    check=True,
+    log: str | None = None,
+) -> subprocess.CompletedProcess[str]:
   """Runs the command line to its end (output: stdout and stderr, merged).
 
   The output goes to the file `log` (default: `workdir` + ".log").
@@ -127,9 +154,10 @@ def wait_for_checkpoint(workdir, proc, log, timeout=300):
   deadline = time.time() + timeout
   while time.time() < deadline:
     if os.path.isdir(ckpt_dir) and any(
-        name.isdigit() and os.path.exists(
-            os.path.join(ckpt_dir, name, "commit_success.txt"))
-        for name in os.listdir(ckpt_dir)):
+        name.isdigit()
+        and os.path.exists(os.path.join(ckpt_dir, name, "commit_success.txt"))
+        for name in os.listdir(ckpt_dir)
+    ):
       return
     assert proc.poll() is None, read(log)
     time.sleep(0.2)
@@ -144,12 +172,15 @@ def scalars(workdir, tag):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   values = {}
-  for name in sorted(os.listdir(workdir),
-                     key=lambda n: os.path.getmtime(os.path.join(workdir, n))):
+  for name in sorted(
+      os.listdir(workdir),
+      key=lambda n: os.path.getmtime(os.path.join(workdir, n)),
+  ):
     if not name.startswith("events.out.tfevents"):
       continue
     for event in tf.compat.v1.train.summary_iterator(
-        os.path.join(workdir, name)):
+        os.path.join(workdir, name)
+    ):
       for value in event.summary.value:
         if value.tag == tag:
           values[event.step] = value.simple_value

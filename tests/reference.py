@@ -28,7 +28,7 @@ def lrn_loop(x_NCHW, towers, k, n, alpha, beta, convention):
     t, local = divmod(i, per_tower)
     lo = t * per_tower + max(0, local - n // 2)
     hi = t * per_tower + min(per_tower - 1, local + n // 2)
-    s = jnp.sum(x_NCHW[:, lo:hi + 1] ** 2, axis=1)
+    s = jnp.sum(x_NCHW[:, lo : hi + 1] ** 2, axis=1)
     outs.append(x_NCHW[:, i] / (k + scale * s) ** beta)
   return jnp.stack(outs, axis=1)
 
@@ -42,27 +42,37 @@ def lrn_across_channels(x_NCHW, k, n, alpha, beta, convention):
   """
   channels = x_NCHW.shape[1]
   half = n // 2
-  j, i = np.meshgrid(np.arange(channels), np.arange(channels),
-                     indexing="ij")
+  j, i = np.meshgrid(np.arange(channels), np.arange(channels), indexing="ij")
   band = ((j >= i - half) & (j <= i + n - 1 - half)).astype(np.float32)
-  s = jnp.einsum("njhw,ji->nihw", x_NCHW ** 2, band,
-                 precision=jax.lax.Precision.HIGHEST)
+  s = jnp.einsum(
+      "njhw,ji->nihw", x_NCHW**2, band, precision=jax.lax.Precision.HIGHEST
+  )
   scale = alpha / n if convention == "caffe" else alpha
   return x_NCHW / (k + scale * s) ** beta
 
 
 def _conv(x, w, b, stride, padding, groups):
   y = jax.lax.conv_general_dilated(
-      x, w, (stride, stride), padding,
-      dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=groups,
-      precision=jax.lax.Precision.HIGHEST)
+      x,
+      w,
+      (stride, stride),
+      padding,
+      dimension_numbers=("NCHW", "OIHW", "NCHW"),
+      feature_group_count=groups,
+      precision=jax.lax.Precision.HIGHEST,
+  )
   return y + b[None, :, None, None]
 
 
 def _maxpool(x, window, stride):
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max,
-                               (1, 1, window, window), (1, 1, stride, stride),
-                               "VALID")
+  return jax.lax.reduce_window(
+      x,
+      -jnp.inf,
+      jax.lax.max,
+      (1, 1, window, window),
+      (1, 1, stride, stride),
+      "VALID",
+  )
 
 
 def _dropout(x, mask, rate, scaling):
@@ -73,10 +83,19 @@ def _dropout(x, mask, rate, scaling):
   return x * mask if scaling == "paper" else x * mask / keep
 
 
-def logits(w, images_NHWC, *, towers=2, lrn=("paper", 2.0, 5, 1e-4, 0.75),
-           pool=(3, 2), activation="relu", dropout_rate=0.5,
-           dropout_scaling="paper", dropout_masks=None,
-           lrn_across_towers=False):
+def logits(
+    w,
+    images_NHWC,
+    *,
+    towers=2,
+    lrn=("paper", 2.0, 5, 1e-4, 0.75),
+    pool=(3, 2),
+    activation="relu",
+    dropout_rate=0.5,
+    dropout_scaling="paper",
+    dropout_masks=None,
+    lrn_across_towers=False,
+):
   """Reference forward pass.
 
   lrn: (convention, k, n, alpha, beta), or None for no LRN.
@@ -108,16 +127,18 @@ def logits(w, images_NHWC, *, towers=2, lrn=("paper", 2.0, 5, 1e-4, 0.75),
   pad = (out - 1) * 4 + 11 - size
   x = _conv(x, w["conv1.weight"], w["conv1.bias"], 4, ((0, pad), (0, pad)), 1)
   x = _maxpool(norm(act(x)), *pool)
-  x = _conv(x, w["conv2.weight"], w["conv2.bias"], 1, ((2, 2), (2, 2)),
-            towers)
+  x = _conv(x, w["conv2.weight"], w["conv2.bias"], 1, ((2, 2), (2, 2)), towers)
   x = _maxpool(norm(act(x)), *pool)
-  x = act(_conv(x, w["conv3.weight"], w["conv3.bias"], 1, ((1, 1), (1, 1)),
-                1))
+  x = act(_conv(x, w["conv3.weight"], w["conv3.bias"], 1, ((1, 1), (1, 1)), 1))
   if "conv4.weight" in w:
-    x = act(_conv(x, w["conv4.weight"], w["conv4.bias"], 1,
-                  ((1, 1), (1, 1)), towers))
-  x = act(_conv(x, w["conv5.weight"], w["conv5.bias"], 1, ((1, 1), (1, 1)),
-                towers))
+    x = act(
+        _conv(
+            x, w["conv4.weight"], w["conv4.bias"], 1, ((1, 1), (1, 1)), towers
+        )
+    )
+  x = act(
+      _conv(x, w["conv5.weight"], w["conv5.bias"], 1, ((1, 1), (1, 1)), towers)
+  )
   x = _maxpool(x, *pool)
   x = x.reshape(x.shape[0], -1)  # channels-height-width, tower 0 first.
   hi = jax.lax.Precision.HIGHEST

@@ -4,6 +4,7 @@ The study runs as the real command line in a subprocess (it sets its own
 fake device count), on the smoke data set of the session fixture
 `smoke_dirs` (tests/conftest.py).
 """
+
 # pylint: disable=redefined-outer-name
 
 import json
@@ -23,24 +24,35 @@ SMOKE = "configs/demo.py:smoke"
 
 
 def ablate_command(workdir, dirs, *flags):
-  return [sys.executable, "-m", "alexnet_jax.ablate", f"--config={SMOKE}",
-          f"--workdir={workdir}", f"--config.data_dir={dirs[0]}",
-          f"--config.manual_dir={dirs[1]}", *flags]
+  return [
+      sys.executable,
+      "-m",
+      "alexnet_jax.ablate",
+      f"--config={SMOKE}",
+      f"--workdir={workdir}",
+      f"--config.data_dir={dirs[0]}",
+      f"--config.manual_dir={dirs[1]}",
+      *flags,
+  ]
 
 
 def run_ablate(workdir, dirs, *flags):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run(ablate_command(workdir, dirs, *flags),
-                        cwd=helpers.REPO_ROOT, capture_output=True,
-                        text=True, timeout=600, env=env)
+  return subprocess.run(
+      ablate_command(workdir, dirs, *flags),
+      cwd=helpers.REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=env,
+  )
 
 
 @pytest.fixture(scope="module")
 def smoke_study(smoke_dirs, tmp_path_factory):
   """The issue's smoke study, run once: (workdir, process)."""
   workdir = str(tmp_path_factory.mktemp("ablate"))
-  proc = run_ablate(workdir, smoke_dirs, "--variants=paper,no_lrn",
-                             "--seeds=2")
+  proc = run_ablate(workdir, smoke_dirs, "--variants=paper,no_lrn", "--seeds=2")
   assert proc.returncode == 0, proc.stdout + proc.stderr
   return workdir, proc
 
@@ -71,8 +83,10 @@ def test_paired_difference_by_hand():
 def test_variant_config_arg():
   assert ablate.variant_config_arg(SMOKE, "paper") == SMOKE
   assert ablate.variant_config_arg(SMOKE, "no_lrn") == SMOKE + ",no_lrn"
-  assert (ablate.variant_config_arg("configs/demo.py", "no_lrn+no_pca")
-          == "configs/demo.py:no_lrn,no_pca")
+  assert (
+      ablate.variant_config_arg("configs/demo.py", "no_lrn+no_pca")
+      == "configs/demo.py:no_lrn,no_pca"
+  )
 
 
 def test_claims_format():
@@ -87,10 +101,12 @@ def test_smoke_study_writes_outputs(smoke_study):
   # Its time is not asserted (a timed test fails on a loaded machine): it
   # is measured in the README's "Reproducing the paper".
   for i, (variant, seed) in enumerate(
-      [("paper", 0), ("no_lrn", 0), ("paper", 1), ("no_lrn", 1)], 1):
+      [("paper", 0), ("no_lrn", 0), ("paper", 1), ("no_lrn", 1)], 1
+  ):
     assert f"[run {i}/4] {variant} seed {seed}" in proc.stdout
     assert os.path.exists(
-        os.path.join(workdir, variant, f"seed{seed}", "results.json"))
+        os.path.join(workdir, variant, f"seed{seed}", "results.json")
+    )
   assert "ETA" in proc.stdout
   with open(os.path.join(workdir, "ablation.json")) as f:
     study = json.load(f)
@@ -100,8 +116,12 @@ def test_smoke_study_writes_outputs(smoke_study):
   assert no_lrn["config"] == SMOKE + ",no_lrn"
   assert no_lrn["claim"]["section"] == "§3.3"
   assert no_lrn["claim"]["top1"] == 1.4
-  for key in ("top1_error_center", "top1_error_ten", "top5_error_center",
-              "top5_error_ten"):
+  for key in (
+      "top1_error_center",
+      "top1_error_ten",
+      "top5_error_center",
+      "top5_error_ten",
+  ):
     assert no_lrn["errors"][key]["n"] == 2
     diff = no_lrn["vs_paper"][key]
     assert diff["n"] == 2 and len(diff["ci95"]) == 2
@@ -114,16 +134,17 @@ def test_smoke_study_writes_outputs(smoke_study):
     assert image.format == "PNG" and image.size[0] > 400
 
 
-def test_rerun_skips_finished_and_resumes_unfinished(smoke_study,
-                                                     smoke_dirs):
+def test_rerun_skips_finished_and_resumes_unfinished(smoke_study, smoke_dirs):
   workdir, _ = smoke_study
-  results = {(v, s): os.path.join(workdir, v, f"seed{s}", "results.json")
-             for v in ("paper", "no_lrn") for s in (0, 1)}
+  results = {
+      (v, s): os.path.join(workdir, v, f"seed{s}", "results.json")
+      for v in ("paper", "no_lrn")
+      for s in (0, 1)
+  }
   mtimes = {k: os.stat(p).st_mtime_ns for k, p in results.items()}
   # An unfinished run: its checkpoints are there, its results are not.
   os.remove(results[("no_lrn", 1)])
-  proc = run_ablate(workdir, smoke_dirs, "--variants=paper,no_lrn",
-                       "--seeds=2")
+  proc = run_ablate(workdir, smoke_dirs, "--variants=paper,no_lrn", "--seeds=2")
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert proc.stdout.count(": skipped, finished before") == 3
   assert "[run 4/4] no_lrn seed 1 (resuming in" in proc.stdout
@@ -134,8 +155,12 @@ def test_rerun_skips_finished_and_resumes_unfinished(smoke_study,
 
 
 def test_unknown_variant_is_a_clean_error(tmp_path):
-  proc = run_ablate(str(tmp_path), ("/nonexistent", "/nonexistent"),
-                       "--variants=paper,no_such_thing", "--seeds=1")
+  proc = run_ablate(
+      str(tmp_path),
+      ("/nonexistent", "/nonexistent"),
+      "--variants=paper,no_such_thing",
+      "--seeds=1",
+  )
   assert proc.returncode == 2, proc.stdout + proc.stderr
   assert "Traceback" not in proc.stderr
   assert "unknown variant 'no_such_thing'" in proc.stderr

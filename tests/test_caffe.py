@@ -28,8 +28,9 @@ from tests import helpers
 from tests import reference
 
 # A narrower bvlc_alexnet (totals; 2 towers of half these): fast to write.
-NARROW = dict(num_classes=10, conv_features=(8, 8, 12, 12, 8),
-              fc_features=(16, 16))
+NARROW = dict(
+    num_classes=10, conv_features=(8, 8, 12, 12, 8), fc_features=(16, 16)
+)
 _V1 = {v: k for k, v in caffe.V1_LAYER_TYPES.items()}
 
 
@@ -52,25 +53,35 @@ def blob_bytes(array: np.ndarray, legacy: bool) -> bytes:
   else:
     blob.shape.dim.extend(array.shape)
   values = np.ascontiguousarray(array, "<f4").tobytes()
-  return (blob.SerializeToString() + _varint(5 << 3 | 2) +
-          _varint(len(values)) + values)
+  return (
+      blob.SerializeToString()
+      + _varint(5 << 3 | 2)
+      + _varint(len(values))
+      + values
+  )
 
 
 def deploy_layers(structure=caffe.BVLC_ALEXNET):
   """bvlc_alexnet's deploy net: an input layer, the layers, a softmax."""
-  return ([("data", "Input", None)] + list(structure) +
-          [("prob", "Softmax", None)])
+  return (
+      [("data", "Input", None)] + list(structure) + [("prob", "Softmax", None)]
+  )
 
 
-def net_bytes(arrays: dict[str, np.ndarray], legacy: bool,
-              layers=None, name: str = "AlexNet") -> bytes:
+def net_bytes(
+    arrays: dict[str, np.ndarray],
+    legacy: bool,
+    layers=None,
+    name: str = "AlexNet",
+) -> bytes:
   """A .caffemodel holding `arrays` (Caffe layout) in `layers`."""
   net = caffe.net_parameter()
   net.name = name
   for layer_name, kind, settings in layers or deploy_layers():
     if legacy:
-      layer = net.layers.add(name=layer_name, type=_V1[
-          "Data" if kind == "Input" else kind])
+      layer = net.layers.add(
+          name=layer_name, type=_V1["Data" if kind == "Input" else kind]
+      )
     else:
       layer = net.layer.add(name=layer_name, type=kind)
     if kind == "Convolution":
@@ -85,8 +96,9 @@ def net_bytes(arrays: dict[str, np.ndarray], legacy: bool,
       if group != 1:
         p.group = group
     elif kind == "InnerProduct":
-      layer.inner_product_param.num_output = arrays[
-          f"{layer_name}.bias"].shape[0]
+      layer.inner_product_param.num_output = arrays[f"{layer_name}.bias"].shape[
+          0
+      ]
     elif kind == "LRN":
       size, alpha, beta, _ = settings
       layer.lrn_param.local_size = size
@@ -97,7 +109,8 @@ def net_bytes(arrays: dict[str, np.ndarray], legacy: bool,
     if kind in ("Convolution", "InnerProduct"):
       for part in ("weight", "bias"):
         layer.blobs.add().MergeFromString(
-            blob_bytes(arrays[f"{layer_name}.{part}"], legacy))
+            blob_bytes(arrays[f"{layer_name}.{part}"], legacy)
+        )
   return net.SerializeToString()
 
 
@@ -138,15 +151,17 @@ def test_a_training_snapshot_converts(tmp_path, narrow):
   """A file saved while training holds data and loss layers too (a
   train/test network definition even names two layers "data")."""
   shapes, arrays = narrow
-  layers = ([("data", "Data", None), ("data", "Data", None)] +
-            list(caffe.BVLC_ALEXNET) +
-            [("loss", "SoftmaxWithLoss", None),
-             ("accuracy", "Accuracy", None)])
+  layers = (
+      [("data", "Data", None), ("data", "Data", None)]
+      + list(caffe.BVLC_ALEXNET)
+      + [("loss", "SoftmaxWithLoss", None), ("accuracy", "Accuracy", None)]
+  )
   path = tmp_path / "snapshot.caffemodel"
   path.write_bytes(net_bytes(arrays, True, layers))
   conversion = caffe.read_alexnet(path, shapes)
-  np.testing.assert_array_equal(conversion.arrays["fc7.weight"],
-                                arrays["fc7.weight"])
+  np.testing.assert_array_equal(
+      conversion.arrays["fc7.weight"], arrays["fc7.weight"]
+  )
   assert "passed over: loss (SoftmaxWithLoss)" in conversion.report()
 
 
@@ -178,29 +193,43 @@ def _replace(layers, name, new):
 _CAFFENET = [l for l in caffe.BVLC_ALEXNET if l[0] not in ("norm1",)]
 _CAFFENET.insert(3, ("norm1", "LRN", (5, 1e-4, 0.75, 1.0)))  # After pool1.
 BAD_NETS = [
-    ("missing layer", _without(deploy_layers(), "conv4"),
-     r"no layer 'conv4'"),
-    ("missing LRN", _without(deploy_layers(), "norm2"),
-     r"'pool2' \(Pooling.*where bvlc_alexnet has 'norm2' \(LRN"),
-    ("conv4 not grouped", _replace(deploy_layers(), "conv4",
-                                   ("conv4", "Convolution", (3, 1, 1, 1))),
-     r"'conv4' \(Convolution, settings \(3, 1, 1, 1\)\).*\(3, 1, 1, 2\)"),
+    ("missing layer", _without(deploy_layers(), "conv4"), r"no layer 'conv4'"),
+    (
+        "missing LRN",
+        _without(deploy_layers(), "norm2"),
+        r"'pool2' \(Pooling.*where bvlc_alexnet has 'norm2' \(LRN",
+    ),
+    (
+        "conv4 not grouped",
+        _replace(
+            deploy_layers(), "conv4", ("conv4", "Convolution", (3, 1, 1, 1))
+        ),
+        r"'conv4' \(Convolution, settings \(3, 1, 1, 1\)\).*\(3, 1, 1, 2\)",
+    ),
     # CaffeNet (bvlc_reference_caffenet): same weights' shapes, but it
     # pools before it normalizes.
-    ("CaffeNet order", [("data", "Input", None)] + _CAFFENET,
-     r"'pool1' \(Pooling.*'norm1' \(LRN"),
-    ("extra layer", deploy_layers() + [("fc9", "InnerProduct", None)],
-     r"fc9"),
+    (
+        "CaffeNet order",
+        [("data", "Input", None)] + _CAFFENET,
+        r"'pool1' \(Pooling.*'norm1' \(LRN",
+    ),
+    ("extra layer", deploy_layers() + [("fc9", "InnerProduct", None)], r"fc9"),
 ]
 
 
-@pytest.mark.parametrize("case,layers,needle", BAD_NETS,
-                         ids=[c[0] for c in BAD_NETS])
+@pytest.mark.parametrize(
+    "case,layers,needle", BAD_NETS, ids=[c[0] for c in BAD_NETS]
+)
 def test_another_network_is_rejected(tmp_path, narrow, case, layers, needle):
   del case
   shapes, arrays = narrow
-  arrays = dict(arrays, **{"fc9.weight": np.zeros((10, 10), np.float32),
-                           "fc9.bias": np.zeros(10, np.float32)})
+  arrays = dict(
+      arrays,
+      **{
+          "fc9.weight": np.zeros((10, 10), np.float32),
+          "fc9.bias": np.zeros(10, np.float32),
+      },
+  )
   path = tmp_path / "net.caffemodel"
   path.write_bytes(net_bytes(arrays, False, layers))
   with pytest.raises(caffe.CaffeFormatError, match=needle):
@@ -209,13 +238,20 @@ def test_another_network_is_rejected(tmp_path, narrow, case, layers, needle):
 
 def test_wrong_shape_is_named(tmp_path, narrow):
   shapes, arrays = narrow
-  bad = dict(arrays, **{"fc8.weight": arrays["fc8.weight"][:9],
-                        "fc8.bias": arrays["fc8.bias"][:9]})
+  bad = dict(
+      arrays,
+      **{
+          "fc8.weight": arrays["fc8.weight"][:9],
+          "fc8.bias": arrays["fc8.bias"][:9],
+      },
+  )
   path = tmp_path / "net.caffemodel"
   path.write_bytes(net_bytes(bad, True))
-  with pytest.raises(caffe.CaffeFormatError,
-                     match=r"'fc8' weight has shape \(9, 16\); bvlc_alexnet's "
-                           r"is \(10, 16\)"):
+  with pytest.raises(
+      caffe.CaffeFormatError,
+      match=r"'fc8' weight has shape \(9, 16\); bvlc_alexnet's "
+      r"is \(10, 16\)",
+  ):
     caffe.read_alexnet(path, shapes)
 
 
@@ -235,7 +271,7 @@ def test_truncated_file_is_named(tmp_path, narrow, cut):
   shapes, arrays = narrow
   data = net_bytes(arrays, False)
   path = tmp_path / "net.caffemodel"
-  path.write_bytes(data[:int(len(data) * cut)])
+  path.write_bytes(data[: int(len(data) * cut)])
   with pytest.raises(caffe.CaffeFormatError, match="truncated or damaged"):
     caffe.read_alexnet(path, shapes)
 
@@ -256,19 +292,32 @@ def test_converted_weights_equal_the_reference(tmp_path, narrow):
   config.num_classes = NARROW["num_classes"]
   assert config.image_size == 227 and config.lrn.across_towers
   params = weights.from_caffe_layout(
-      converted, model_lib.param_shapes(config), input_channels="bgr")
+      converted, model_lib.param_shapes(config), input_channels="bgr"
+  )
   rng = np.random.default_rng(2)
   images_rgb = rng.normal(0, 40, (2, 227, 227, 3)).astype(np.float32)
   # The reference reads the file's arrays as they are, and BGR images.
   # (Compiled as one program: op by op it takes longer.)
-  reference_logits = jax.jit(lambda w, x, across: reference.logits(
-      w, x, towers=2, lrn=("caffe", 1.0, 5, 1e-4, 0.75),
-      dropout_scaling="inverted", lrn_across_towers=across),
-                             static_argnums=2)
+  reference_logits = jax.jit(
+      lambda w, x, across: reference.logits(
+          w,
+          x,
+          towers=2,
+          lrn=("caffe", 1.0, 5, 1e-4, 0.75),
+          dropout_scaling="inverted",
+          lrn_across_towers=across,
+      ),
+      static_argnums=2,
+  )
   theirs = reference_logits(arrays, images_rgb[..., ::-1], True)
   for mesh in (None, parallel.make_mesh(1, 2)):
-    on_mesh = params if mesh is None else jax.device_put(
-        params, parallel.named_shardings(mesh, parallel.param_specs(params)))
+    on_mesh = (
+        params
+        if mesh is None
+        else jax.device_put(
+            params, parallel.named_shardings(mesh, parallel.param_specs(params))
+        )
+    )
     ours = jax.jit(model_lib.make_apply(config, mesh))(on_mesh, images_rgb)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
   # Not a degenerate comparison: the two images' logits differ by far more
@@ -283,8 +332,13 @@ def run_convert(tmp_path, *args) -> subprocess.CompletedProcess[str]:
   env.pop("XLA_FLAGS", None)
   return subprocess.run(
       [sys.executable, "-m", "alexnet_jax.weights", "convert", *args],
-      cwd=helpers.REPO_ROOT, env=env, capture_output=True, text=True,
-      timeout=300, check=False)
+      cwd=helpers.REPO_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
 
 
 def test_full_size_file_through_the_command_line(tmp_path):
@@ -298,8 +352,13 @@ def test_full_size_file_through_the_command_line(tmp_path):
   mean_path = tmp_path / "imagenet_mean.binaryproto"
   mean_path.write_bytes(blob_bytes(bgr_chw[None], legacy=True))
   out, mean_out = tmp_path / "w.npz", tmp_path / "mean.npz"
-  proc = run_convert(tmp_path, f"--caffemodel={model_path}", f"--out={out}",
-                     f"--mean={mean_path}", f"--mean_out={mean_out}")
+  proc = run_convert(
+      tmp_path,
+      f"--caffemodel={model_path}",
+      f"--out={out}",
+      f"--mean={mean_path}",
+      f"--mean_out={mean_out}",
+  )
   assert proc.returncode == 0, proc.stderr
   assert "fc6: weight [4096, 9216], bias [4096]" in proc.stdout
   assert "conv5: weight [256, 192, 3, 3], bias [256], group 2" in proc.stdout
@@ -308,52 +367,67 @@ def test_full_size_file_through_the_command_line(tmp_path):
     for key, value in arrays.items():
       np.testing.assert_array_equal(f[key], value, key)
   with np.load(mean_out) as f:
-    np.testing.assert_array_equal(f["mean_image"],
-                                  bgr_chw[::-1].transpose(1, 2, 0))
+    np.testing.assert_array_equal(
+        f["mean_image"], bgr_chw[::-1].transpose(1, 2, 0)
+    )
 
 
 def test_bvlc_alexnet_shapes_are_the_caffe_reference_model():
   """The shapes the converter demands are those the model's weights take
   in the Caffe layout (full size; and the narrow net of these tests)."""
-  for widths, overrides in ((None, {}), (NARROW, dict(
-      num_classes=NARROW["num_classes"],
-      conv_features=tuple(c // 2 for c in NARROW["conv_features"]),
-      fc_features=tuple(f // 2 for f in NARROW["fc_features"])))):
+  for widths, overrides in (
+      (None, {}),
+      (
+          NARROW,
+          dict(
+              num_classes=NARROW["num_classes"],
+              conv_features=tuple(c // 2 for c in NARROW["conv_features"]),
+              fc_features=tuple(f // 2 for f in NARROW["fc_features"]),
+          ),
+      ),
+  ):
     config = ilsvrc2012.get_config("caffe_reference").model
     config.update(overrides)
-    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                         model_lib.param_shapes(config))
+    zeros = jax.tree.map(
+        lambda s: np.zeros(s.shape, s.dtype), model_lib.param_shapes(config)
+    )
     layout = weights.to_caffe_layout(zeros)
     assert caffe.expected_shapes(**(widths or {})) == {
-        k: v.shape for k, v in layout.items()}
+        k: v.shape for k, v in layout.items()
+    }
 
 
-@pytest.mark.parametrize("kind,needles", [
-    ("missing_layer", ["no layer 'fc7'"]),
-    ("wrong_shape", ["'conv1' weight has shape (8, 3, 11, 11)",
-                     "(96, 3, 11, 11)"]),
-    ("truncated", ["truncated or damaged"]),
-    ("caffenet", ["'pool1' (Pooling", "'norm1' (LRN", "another network"]),
-])
+@pytest.mark.parametrize(
+    "kind,needles",
+    [
+        ("missing_layer", ["no layer 'fc7'"]),
+        (
+            "wrong_shape",
+            ["'conv1' weight has shape (8, 3, 11, 11)", "(96, 3, 11, 11)"],
+        ),
+        ("truncated", ["truncated or damaged"]),
+        ("caffenet", ["'pool1' (Pooling", "'norm1' (LRN", "another network"]),
+    ],
+)
 def test_user_errors_of_the_command_line(tmp_path, narrow, kind, needles):
   _, arrays = narrow
   path = tmp_path / "net.caffemodel"
   if kind == "missing_layer":
-    path.write_bytes(net_bytes(arrays, False,
-                               _without(deploy_layers(), "fc7")))
+    path.write_bytes(net_bytes(arrays, False, _without(deploy_layers(), "fc7")))
   elif kind == "wrong_shape":  # The narrow net is not bvlc_alexnet's size.
     path.write_bytes(net_bytes(arrays, True))
   elif kind == "truncated":
     data = net_bytes(arrays, False)
-    path.write_bytes(data[:len(data) // 3])
+    path.write_bytes(data[: len(data) // 3])
   else:
-    path.write_bytes(net_bytes(arrays, False,
-                               [("data", "Input", None)] + _CAFFENET))
+    path.write_bytes(
+        net_bytes(arrays, False, [("data", "Input", None)] + _CAFFENET)
+    )
   out = tmp_path / "w.npz"
   proc = run_convert(tmp_path, f"--caffemodel={path}", f"--out={out}")
   assert proc.returncode == 2, proc.stderr
   assert "Traceback" not in proc.stderr, proc.stderr
-  message = proc.stderr[proc.stderr.rfind("error: "):]
+  message = proc.stderr[proc.stderr.rfind("error: ") :]
   for needle in needles:
     assert needle in message, (needle, proc.stderr)
   assert not out.exists()

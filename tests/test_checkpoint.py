@@ -26,13 +26,15 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"
 def _state(mesh_shape=(1, 2), seed=0, **model_overrides):
   mesh = parallel.make_mesh(*mesh_shape)
   config = helpers.tiny_config(**model_overrides)
-  state, shardings = steps.create_train_state(config, jax.random.key(seed),
-                                              mesh)
+  state, shardings = steps.create_train_state(
+      config, jax.random.key(seed), mesh
+  )
   return state, shardings
 
 
 def _host(tree):
   """Host copies of every leaf, typed keys as their key data."""
+
   def host(x):
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
       x = jax.random.key_data(x)
@@ -70,15 +72,18 @@ def test_fresh_workdir_gives_back_the_template(tmp_path):
 def test_round_trip_restores_every_array_key_and_extra(tmp_path):
   state, shardings = _state()
   state = state.replace(step=jnp.asarray(7, jnp.int32))
-  extra = {"plateau": {"best_error": float("inf"), "drops": 1},
-           "data": {"step": 7}}
+  extra = {
+      "plateau": {"best_error": float("inf"), "drops": 1},
+      "data": {"step": 7},
+  }
   with checkpoint.Checkpointer(tmp_path) as ckpt:
     assert ckpt.save(7, state, extra, force=True)
   # A new Checkpointer, as after a restart; an abstract template.
   with checkpoint.Checkpointer(tmp_path) as ckpt:
     assert ckpt.latest_step() == 7
-    restored, restored_extra = ckpt.restore_or(jax.eval_shape(lambda: state),
-                                               shardings)
+    restored, restored_extra = ckpt.restore_or(
+        jax.eval_shape(lambda: state), shardings
+    )
   assert restored_extra == extra
   assert isinstance(restored, steps.TrainState)
   # The dropout key comes back as a typed key of the same implementation.
@@ -106,13 +111,12 @@ def test_restores_onto_another_mesh(tmp_path, target_mesh):
 
 def test_interval_force_and_max_to_keep(tmp_path):
   state, _ = _state()
-  ckpt = checkpoint.Checkpointer(tmp_path, max_to_keep=2,
-                                 save_interval_steps=2)
-  assert not ckpt.save(1, state)           # Not on the interval.
+  ckpt = checkpoint.Checkpointer(tmp_path, max_to_keep=2, save_interval_steps=2)
+  assert not ckpt.save(1, state)  # Not on the interval.
   assert ckpt.save(2, state)
-  assert ckpt.save(3, state, force=True)   # E.g. SIGTERM at step 3.
+  assert ckpt.save(3, state, force=True)  # E.g. SIGTERM at step 3.
   assert ckpt.save(4, state)
-  assert not ckpt.save(4, state)           # Already saved.
+  assert not ckpt.save(4, state)  # Already saved.
   assert not ckpt.save(4, state, force=True)  # End of run right after it.
   ckpt.wait()
   assert ckpt.all_steps() == [3, 4]
@@ -120,8 +124,7 @@ def test_interval_force_and_max_to_keep(tmp_path):
   ckpt.close()
 
 
-def test_async_save_survives_donation_and_resume_equals_uninterrupted(
-    tmp_path):
+def test_async_save_survives_donation_and_resume_equals_uninterrupted(tmp_path):
   """Train 2 steps == train 1, checkpoint, restore, train 1 (with dropout).
 
   The train step donates its input state right after `save` returned, so
@@ -132,8 +135,9 @@ def test_async_save_survives_donation_and_resume_equals_uninterrupted(
   state, shardings = steps.create_train_state(config, jax.random.key(0), mesh)
   train_step = steps.make_train_step(config, mesh, shardings)
   images = jax.random.normal(jax.random.key(1), (4, 99, 99, 3)) * 50
-  batch = parallel.shard_batch({"image": images,
-                                "label": jnp.arange(4) % 10}, mesh)
+  batch = parallel.shard_batch(
+      {"image": images, "label": jnp.arange(4) % 10}, mesh
+  )
 
   state, _ = train_step(state, batch)
   after_one = _host(state)
@@ -163,8 +167,10 @@ def test_checkpoint_of_another_model_is_refused_clearly(tmp_path):
   message = str(error.value)
   assert "different model" in message
   assert "new workdir" in message
-  assert ("params/conv5/kernel: checkpoint (2, 3, 3, 12, 8), config "
-          "(2, 3, 3, 12, 10)") in message
+  assert (
+      "params/conv5/kernel: checkpoint (2, 3, 3, 12, 8), config "
+      "(2, 3, 3, 12, 10)"
+  ) in message
 
 
 def _files(root):
@@ -189,12 +195,16 @@ def test_damaged_checkpoint_is_reported_not_skipped(tmp_path, damage):
   state, shardings = _state()
   with checkpoint.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, state, {"data": {"step": 1}}, force=True)
-    ckpt.save(2, state.replace(step=state.step + 1), {"data": {"step": 2}},
-              force=True)
+    ckpt.save(
+        2, state.replace(step=state.step + 1), {"data": {"step": 2}}, force=True
+    )
   step_dir = os.path.join(tmp_path, checkpoint.CHECKPOINT_SUBDIR, "2")
   # Damage the array data (not the metadata): the largest files of step 2.
-  files = sorted((os.path.getsize(os.path.join(d, n)), os.path.join(d, n))
-                 for d, _, names in os.walk(step_dir) for n in names)
+  files = sorted(
+      (os.path.getsize(os.path.join(d, n)), os.path.join(d, n))
+      for d, _, names in os.walk(step_dir)
+      for n in names
+  )
   if damage == "metadata":
     files = [(0, os.path.join(step_dir, "state", "_METADATA"))]
   for _, path in files[-3:]:
@@ -216,8 +226,9 @@ def test_damaged_checkpoint_is_reported_not_skipped(tmp_path, damage):
   assert _files(tmp_path) == before
   # The previous step is intact and restores.
   with checkpoint.Checkpointer(tmp_path) as ckpt:
-    restored, extra = ckpt.restore_or(jax.eval_shape(lambda: state),
-                                      shardings, step=1)
+    restored, extra = ckpt.restore_or(
+        jax.eval_shape(lambda: state), shardings, step=1
+    )
   assert extra == {"data": {"step": 1}}
   _assert_same(restored, state)
 
@@ -253,8 +264,12 @@ _CRASH_DURING_SAVE = textwrap.dedent("""
 def test_half_written_checkpoint_is_never_restored(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-c", _CRASH_DURING_SAVE, str(tmp_path)],
-      cwd=helpers.REPO_ROOT, env=_child_env(), capture_output=True,
-      text=True, timeout=120)
+      cwd=helpers.REPO_ROOT,
+      env=_child_env(),
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert proc.returncode == -signal.SIGKILL, (proc.stdout, proc.stderr)
   directory = os.path.join(tmp_path, checkpoint.CHECKPOINT_SUBDIR)
   # Step 2 is complete on disk but not committed.
@@ -270,8 +285,9 @@ def test_half_written_checkpoint_is_never_restored(tmp_path):
   # The run goes on from step 1 and next saves step 3 (a resumed run need
   # not save step 2 again): the leftover of step 2 is deleted, not kept
   # forever, and step 3 is what a restart restores.
-  assert ckpt.save(3, restored.replace(step=restored.step + 2),
-                   {"data": {"step": 3}})
+  assert ckpt.save(
+      3, restored.replace(step=restored.step + 2), {"data": {"step": 3}}
+  )
   ckpt.close()
   assert sorted(os.listdir(directory)) == ["1", "3"]
   with checkpoint.Checkpointer(tmp_path) as ckpt:
@@ -318,8 +334,12 @@ def test_sigterm_saves_at_the_step_boundary_and_exits_cleanly(tmp_path):
   with tempfile.TemporaryFile("w+") as stderr:
     proc = subprocess.Popen(
         [sys.executable, "-c", _PREEMPTIBLE_LOOP, str(tmp_path)],
-        cwd=helpers.REPO_ROOT, env=_child_env(), stdout=subprocess.PIPE,
-        stderr=stderr, text=True)
+        cwd=helpers.REPO_ROOT,
+        env=_child_env(),
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
     try:
       assert proc.stdout.readline().strip() == "READY"
       proc.send_signal(signal.SIGTERM)

@@ -30,9 +30,12 @@ def _changes(get_config, arg, base_arg=""):
 
 # What each switch changes in the paper's config, exactly.
 SWITCH_CHANGES = {
-    "one_gpu": {"model.num_towers": 1,
-                "model.conv_features": (48, 128, 192, 192, 256),
-                "model.fc_features": (4096, 4096), "mesh.model": 1},
+    "one_gpu": {
+        "model.num_towers": 1,
+        "model.conv_features": (48, 128, 192, 192, 256),
+        "model.fc_features": (4096, 4096),
+        "mesh.model": 1,
+    },
     "no_lrn": {"model.lrn.enabled": False},
     "no_overlap": {"model.pool_window": 2},  # Stride is 2 already.
     "no_pca": {"pca_lighting_std": 0.0},
@@ -48,7 +51,9 @@ def test_switches_change_exactly_what_the_paper_describes():
     assert _changes(ilsvrc2010.get_config, switch) == want, switch
   # They combine.
   assert _changes(ilsvrc2010.get_config, "no_lrn,no_pca") == {
-      **SWITCH_CHANGES["no_lrn"], **SWITCH_CHANGES["no_pca"]}
+      **SWITCH_CHANGES["no_lrn"],
+      **SWITCH_CHANGES["no_pca"],
+  }
 
 
 def test_paper_defaults():
@@ -65,13 +70,21 @@ def test_one_gpu_net_of_footnote_2():
   shapes = model_lib.param_shapes(config.model)
   assert model_lib.count_params(shapes) == 59_798_312
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes)
-  caffe = {k: v.shape for k, v in weights.to_caffe_layout(zeros).items()
-           if k.endswith(".weight")}
+  caffe = {
+      k: v.shape
+      for k, v in weights.to_caffe_layout(zeros).items()
+      if k.endswith(".weight")
+  }
   assert caffe == {
-      "conv1.weight": (48, 3, 11, 11), "conv2.weight": (128, 48, 5, 5),
-      "conv3.weight": (192, 128, 3, 3), "conv4.weight": (192, 192, 3, 3),
-      "conv5.weight": (256, 192, 3, 3), "fc6.weight": (4096, 6 * 6 * 256),
-      "fc7.weight": (4096, 4096), "fc8.weight": (1000, 4096)}
+      "conv1.weight": (48, 3, 11, 11),
+      "conv2.weight": (128, 48, 5, 5),
+      "conv3.weight": (192, 128, 3, 3),
+      "conv4.weight": (192, 192, 3, 3),
+      "conv5.weight": (256, 192, 3, 3),
+      "fc6.weight": (4096, 6 * 6 * 256),
+      "fc7.weight": (4096, 4096),
+      "fc8.weight": (1000, 4096),
+  }
   assert config.mesh.model == 1
 
 
@@ -80,13 +93,18 @@ def test_no_conv4_removes_the_layer_from_the_parameters():
   assert "conv4" not in shapes
   assert shapes["conv5"]["kernel"].shape == (2, 3, 3, 192, 128)
   assert model_lib.count_params(shapes) == 60_965_224 - 2 * (
-      3 * 3 * 192 * 192 + 192)
+      3 * 3 * 192 * 192 + 192
+  )
 
 
 def test_no_overlap_keeps_the_spatial_sizes():
   config = ilsvrc2010.get_config("no_overlap").model
-  assert model_lib.spatial_sizes(config.image_size, config.pool_window,
-                                 config.pool_stride)["pool5"] == 6
+  assert (
+      model_lib.spatial_sizes(
+          config.image_size, config.pool_window, config.pool_stride
+      )["pool5"]
+      == 6
+  )
 
 
 def test_demo_takes_the_same_switches_with_smoke():
@@ -105,14 +123,18 @@ def test_demo_takes_the_same_switches_with_smoke():
   assert demo.get_config("no_dropout").model.dropout_rate == 0.0
 
 
-@pytest.mark.parametrize("get_config,arg", [
-    (ilsvrc2010.get_config, "no_lrn,nonsense"),
-    (demo.get_config, "smoke,nonsense"),
-    (demo.get_config, "bf16"),  # Not a demo argument.
-])
+@pytest.mark.parametrize(
+    "get_config,arg",
+    [
+        (ilsvrc2010.get_config, "no_lrn,nonsense"),
+        (demo.get_config, "smoke,nonsense"),
+        (demo.get_config, "bf16"),  # Not a demo argument.
+    ],
+)
 def test_unknown_arguments_list_the_known_ones(get_config, arg):
-  with pytest.raises(ValueError, match=r"unknown config argument.*known: "
-                                       r"\[.*'no_lrn'"):
+  with pytest.raises(
+      ValueError, match=r"unknown config argument.*known: " r"\[.*'no_lrn'"
+  ):
     get_config(arg)
 
 
@@ -126,10 +148,14 @@ def test_one_tower_names_its_replacement():
 # data of its shape: the arguments no other test trains with, the
 # ILSVRC-2012 and Imagenette configs, and the paper's own (plateau).
 FULL_SIZE = [
-    ("ilsvrc2010", ""), ("ilsvrc2010", "caffe_init"),
-    ("ilsvrc2010", "caffe_lrn"), ("ilsvrc2010", "bf16"),
-    ("ilsvrc2010", "steps"), ("ilsvrc2010", "one_gpu"),
-    ("ilsvrc2012", ""), ("imagenette", ""),
+    ("ilsvrc2010", ""),
+    ("ilsvrc2010", "caffe_init"),
+    ("ilsvrc2010", "caffe_lrn"),
+    ("ilsvrc2010", "bf16"),
+    ("ilsvrc2010", "steps"),
+    ("ilsvrc2010", "one_gpu"),
+    ("ilsvrc2012", ""),
+    ("imagenette", ""),
 ]
 
 
@@ -140,10 +166,11 @@ def compilation_cache(tmp_path_factory):
   ilsvrc2010, its caffe_init and ilsvrc2012 compile the same train step
   (they differ in the initial values and the data set): compiled once.
   """
-  options = {"jax_compilation_cache_dir":
-                 str(tmp_path_factory.mktemp("xla_cache")),
-             "jax_persistent_cache_min_compile_time_secs": 0.0,
-             "jax_persistent_cache_min_entry_size_bytes": 0}
+  options = {
+      "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
+      "jax_persistent_cache_min_compile_time_secs": 0.0,
+      "jax_persistent_cache_min_entry_size_bytes": 0,
+  }
   before = {name: getattr(jax.config, name) for name in options}
   for name, value in options.items():
     jax.config.update(name, value)
@@ -152,13 +179,16 @@ def compilation_cache(tmp_path_factory):
     jax.config.update(name, value)
   # pylint: disable-next=g-import-not-at-top
   from jax.experimental.compilation_cache import compilation_cache as cache
+
   cache.reset_cache()  # Later tests compile without it, as before.
 
 
-@pytest.mark.parametrize("module,arg", FULL_SIZE,
-                         ids=[f"{m}:{a}" for m, a in FULL_SIZE])
-def test_one_training_step_of_every_full_size_config(compilation_cache,
-                                                     module, arg):
+@pytest.mark.parametrize(
+    "module,arg", FULL_SIZE, ids=[f"{m}:{a}" for m, a in FULL_SIZE]
+)
+def test_one_training_step_of_every_full_size_config(
+    compilation_cache, module, arg
+):
   del compilation_cache
   # pylint: disable=g-import-not-at-top
   import importlib
@@ -172,17 +202,26 @@ def test_one_training_step_of_every_full_size_config(compilation_cache,
   assert mc.image_size == (227 if arg == "caffe_lrn" else 224)
   assert mc.num_classes == (10 if module == "imagenette" else 1000)
   mesh = parallel.make_mesh(1, config.mesh.model, num_towers=mc.num_towers)
-  state, shardings = steps.create_train_state(config, jax.random.key(0), mesh,
-                                              steps_per_epoch=100)
+  state, shardings = steps.create_train_state(
+      config, jax.random.key(0), mesh, steps_per_epoch=100
+  )
   assert model_lib.count_params(state.params) == (
-      59_798_312 if arg == "one_gpu" else
-      60_965_224 - 4096 * 990 - 990 if module == "imagenette" else
-      60_965_224)
+      59_798_312
+      if arg == "one_gpu"
+      else 60_965_224 - 4096 * 990 - 990
+      if module == "imagenette"
+      else 60_965_224
+  )
   rng = np.random.default_rng(0)
   batch = parallel.shard_batch(
-      {"image": rng.normal(0, 50, (2, mc.image_size, mc.image_size, 3)
-                           ).astype(np.float32),
-       "label": rng.integers(0, mc.num_classes, 2).astype(np.int32)}, mesh)
+      {
+          "image": rng.normal(
+              0, 50, (2, mc.image_size, mc.image_size, 3)
+          ).astype(np.float32),
+          "label": rng.integers(0, mc.num_classes, 2).astype(np.int32),
+      },
+      mesh,
+  )
   train_step = steps.make_train_step(config, mesh, shardings, 100)
   state, metrics = train_step(state, batch)
   metrics = jax.device_get(metrics)
@@ -190,5 +229,7 @@ def test_one_training_step_of_every_full_size_config(compilation_cache,
   # Untrained: near chance; the config's first rate.
   assert 0 < metrics["loss"] < np.log(mc.num_classes) + 1.5, metrics
   assert metrics["learning_rate"] == pytest.approx(config.optim.learning_rate)
-  assert all(np.isfinite(x).all() for x in jax.tree.leaves(
-      jax.device_get(state.params)))
+  assert all(
+      np.isfinite(x).all()
+      for x in jax.tree.leaves(jax.device_get(state.params))
+  )

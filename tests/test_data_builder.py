@@ -29,8 +29,9 @@ PATCH_DIR = {"train": "train", "validation": "val", "test": "test"}
 # --- Independent readers of the release files. ---
 def _tar_files(path_or_bytes):
   """{base name: bytes} of a tar given by path or bytes."""
-  return {os.path.basename(name): data
-          for name, data in _tar_members(path_or_bytes)}
+  return {
+      os.path.basename(name): data for name, data in _tar_members(path_or_bytes)
+  }
 
 
 def _original_files(manual_dir, split):
@@ -91,9 +92,7 @@ def stored(mini_builder):
   out = {}
   for split in SPLITS:
     ds = mini_builder.as_dataset(split=split)
-    out[split] = {
-        ex["file_name"].decode(): ex for ex in tfds.as_numpy(ds)
-    }
+    out[split] = {ex["file_name"].decode(): ex for ex in tfds.as_numpy(ds)}
   return out
 
 
@@ -108,7 +107,11 @@ def test_split_sizes(mini_builder, stored, split_sizes):
 def test_features_contract(mini_builder, mini_dataset):
   features = mini_builder.info.features
   assert set(features.keys()) == {
-      "image", "label", "class_name", "wnid", "file_name"
+      "image",
+      "label",
+      "class_name",
+      "wnid",
+      "file_name",
   }
   assert features["image"].shape == (256, 256, 3)
   assert features["image"].encoding_format == "jpeg"
@@ -264,7 +267,8 @@ def test_missing_files_error_names_each_file_and_the_directory(
   for name in present:
     os.symlink(os.path.join(mini_manual_dir, name), manual / name)
   builder = data.get_builder(
-      "ilsvrc2010_mini", data_dir=str(tmp_path / "tfds"),
+      "ilsvrc2010_mini",
+      data_dir=str(tmp_path / "tfds"),
   )
   with pytest.raises(release.MissingManualFilesError) as info:
     data.prepare(builder, manual_dir=str(manual))
@@ -298,9 +302,7 @@ def test_missing_directory_error_from_tfds_entry_point(tmp_path):
 
 
 def test_class_count_mismatch_is_a_clear_error(mini_manual_dir, tmp_path):
-  builder = data.get_builder(
-      "ilsvrc2010", data_dir=str(tmp_path)
-  )
+  builder = data.get_builder("ilsvrc2010", data_dir=str(tmp_path))
   with pytest.raises(release.ReleaseFormatError, match=r"10 classes.*1000"):
     data.prepare(builder, manual_dir=mini_manual_dir)
 
@@ -313,9 +315,10 @@ def _with_truncated_val_image(mini_manual_dir, tmp_path):
     if name != release.VAL_TAR:
       os.symlink(os.path.join(mini_manual_dir, name), manual / name)
   source = os.path.join(mini_manual_dir, release.VAL_TAR)
-  with tarfile.open(source) as src, tarfile.open(
-      manual / release.VAL_TAR, "w"
-  ) as dst:
+  with (
+      tarfile.open(source) as src,
+      tarfile.open(manual / release.VAL_TAR, "w") as dst,
+  ):
     members = src.getmembers()
     victim = sorted(m.name for m in members)[4]
     for member in members:
@@ -330,13 +333,10 @@ def _with_truncated_val_image(mini_manual_dir, tmp_path):
 
 def test_corrupt_image_fails_the_build_by_default(mini_manual_dir, tmp_path):
   manual, victim = _with_truncated_val_image(mini_manual_dir, tmp_path)
-  builder = data.get_builder(
-      "ilsvrc2010_mini", data_dir=str(tmp_path / "tfds")
-  )
+  builder = data.get_builder("ilsvrc2010_mini", data_dir=str(tmp_path / "tfds"))
   with pytest.raises(release.CorruptImageError) as info:
     data.prepare(builder, manual_dir=manual)
-  _assert_clean(info.value, victim, release.VAL_TAR,
-                "skip_corrupt_images=True")
+  _assert_clean(info.value, victim, release.VAL_TAR, "skip_corrupt_images=True")
   assert info.value.member == victim
   assert not builder.is_prepared()
 
@@ -363,7 +363,8 @@ def test_corrupt_image_is_skipped_when_asked(
       for ex in tfds.as_numpy(builder.as_dataset(split="validation"))
   }
   expected = {
-      name: int(ex["label"]) for name, ex in stored["validation"].items()
+      name: int(ex["label"])
+      for name, ex in stored["validation"].items()
       if name != victim
   }
   assert got == expected
@@ -390,9 +391,7 @@ def test_dataset_constants():
 
 
 def test_imagenet2012_missing_files_error(tmp_path):
-  builder = data.get_builder(
-      "imagenet2012", data_dir=str(tmp_path)
-  )
+  builder = data.get_builder("imagenet2012", data_dir=str(tmp_path))
   with pytest.raises(release.MissingManualFilesError) as info:
     data.prepare(builder, manual_dir=str(tmp_path / "m"))
   for name in data.IMAGENET2012_FILES:
@@ -405,7 +404,9 @@ def test_configs_are_shared_objects():
   assert ilsvrc2010.make_config() is ilsvrc2010.PAPER_CONFIG
   config = ilsvrc2010.make_config(7, image_size=64)
   assert (config.name, config.num_classes, config.image_size) == (
-      "mini7_64px", 7, 64
+      "mini7_64px",
+      7,
+      64,
   )
   assert ilsvrc2010.make_config(7, image_size=64) is config
 
@@ -425,8 +426,14 @@ def test_generated_release_has_the_files_the_builder_reads(mini_manual_dir):
 # case of the .JPEG extension, and meta.mat as MATLAB writes it. These tests
 # rewrite the generated release into such layouts.
 _SYNSET_FIELDS = (
-    "ILSVRC2010_ID", "WNID", "words", "gloss", "num_children", "children",
-    "wordnet_height", "num_train_images",
+    "ILSVRC2010_ID",
+    "WNID",
+    "words",
+    "gloss",
+    "num_children",
+    "children",
+    "wordnet_height",
+    "num_train_images",
 )
 
 
@@ -438,7 +445,8 @@ def _tar_members(path_or_bytes):
     tar = tarfile.open(path_or_bytes)
   with tar:
     return [
-        (m.name, tar.extractfile(m).read()) for m in tar.getmembers()
+        (m.name, tar.extractfile(m).read())
+        for m in tar.getmembers()
         if m.isfile()
     ]
 
@@ -474,14 +482,18 @@ def _meta_entries(manual_dir):
     )
   entries = []
   for s in np.atleast_1d(mat["synsets"]):
-    entries.append({
-        f: (
-            [int(c) for c in np.atleast_1d(s[f])] if f == "children"
-            else str(s[f]) if f in ("WNID", "words", "gloss")
-            else int(s[f])
-        )
-        for f in _SYNSET_FIELDS
-    })
+    entries.append(
+        {
+            f: (
+                [int(c) for c in np.atleast_1d(s[f])]
+                if f == "children"
+                else str(s[f])
+                if f in ("WNID", "words", "gloss")
+                else int(s[f])
+            )
+            for f in _SYNSET_FIELDS
+        }
+    )
   return entries
 
 
@@ -492,12 +504,18 @@ def _real_style_entries(entries):
   for e in entries:
     if e["num_children"]:
       e["num_train_images"] = 0
-  entries.append({
-      "ILSVRC2010_ID": max(e["ILSVRC2010_ID"] for e in entries) + 1,
-      "WNID": "n99999999", "words": "lone parent", "gloss": "",
-      "num_children": 1, "children": [1], "wordnet_height": 1,
-      "num_train_images": 0,
-  })
+  entries.append(
+      {
+          "ILSVRC2010_ID": max(e["ILSVRC2010_ID"] for e in entries) + 1,
+          "WNID": "n99999999",
+          "words": "lone parent",
+          "gloss": "",
+          "num_children": 1,
+          "children": [1],
+          "wordnet_height": 1,
+          "num_train_images": 0,
+      }
+  )
   return entries
 
 
@@ -556,9 +574,7 @@ def _expected_classes(entries):
       (e for e in entries if not e["num_children"]),
       key=lambda e: e["ILSVRC2010_ID"],
   )
-  assert [e["ILSVRC2010_ID"] for e in leaves] == list(
-      range(1, len(leaves) + 1)
-  )
+  assert [e["ILSVRC2010_ID"] for e in leaves] == list(range(1, len(leaves) + 1))
   return [(e["WNID"], e["words"]) for e in leaves]
 
 
@@ -583,9 +599,7 @@ def test_meta_mat_in_matlab_layouts(mini_manual_dir, layout):
       release_metadata.parse_meta_mat(mat_bytes), num_classes
   )
   assert [(c.wnid, c.words) for c in classes] == _expected_classes(entries)
-  assert [c.ilsvrc2010_id for c in classes] == list(
-      range(1, num_classes + 1)
-  )
+  assert [c.ilsvrc2010_id for c in classes] == list(range(1, num_classes + 1))
   assert all(c.children == () for c in classes)
 
 
@@ -618,7 +632,8 @@ def test_bad_meta_mat_is_one_clean_error(mini_manual_dir, breakage, expected):
     mat_bytes = _matlab_meta_mat(entries, "row")
   with pytest.raises(release.ReleaseFormatError, match=expected) as info:
     release_metadata.class_synsets(
-        release_metadata.parse_meta_mat(mat_bytes), 10)
+        release_metadata.parse_meta_mat(mat_bytes), 10
+    )
   _assert_clean(info.value, "Download the devkit")
 
 
@@ -666,9 +681,12 @@ def _real_style_release(mini_manual_dir, out_dir):
   ):
     renamed["validation"][name.lower()] = lower_ext(name)
     val.append((f"./ILSVRC2010_images_val/val/{lower_ext(name)}", payload))
-  files[release.VAL_TAR] = _tar_bytes(_with_dirs(
-      val, ["./", "./ILSVRC2010_images_val/", "./ILSVRC2010_images_val/val/"]
-  ))
+  files[release.VAL_TAR] = _tar_bytes(
+      _with_dirs(
+          val,
+          ["./", "./ILSVRC2010_images_val/", "./ILSVRC2010_images_val/val/"],
+      )
+  )
   test = []
   for name, payload in _tar_members(
       os.path.join(mini_manual_dir, release.TEST_TAR)
@@ -684,11 +702,17 @@ def _real_style_release(mini_manual_dir, out_dir):
     if split == "test":
       base = lower_ext(base)
     patch_members.append((f"{prefix}/{split}/{base}", payload))
-  files[release.PATCH_TAR] = _tar_bytes(_with_dirs(
-      patch_members,
-      ["patch_images/", "patch_images/train/", "./patch_images/val/",
-       "patch_images/test/"],
-  ))
+  files[release.PATCH_TAR] = _tar_bytes(
+      _with_dirs(
+          patch_members,
+          [
+              "patch_images/",
+              "patch_images/train/",
+              "./patch_images/val/",
+              "patch_images/test/",
+          ],
+      )
+  )
 
   devkit = []
   for name, payload in _tar_members(
@@ -730,19 +754,23 @@ def test_real_style_release_reads_like_ours(
   meta = release_metadata.load_release_metadata(manual, 10)
   assert meta.classes == mini_meta.classes
   assert (meta.validation_labels, meta.test_labels) == (
-      mini_meta.validation_labels, mini_meta.test_labels
+      mini_meta.validation_labels,
+      mini_meta.test_labels,
   )
   for split in SPLITS:
     ours = {
         r.file_name.lower(): r
         for r in release_reader.iter_raw_images(
-            mini_manual_dir, split, mini_meta)
+            mini_manual_dir, split, mini_meta
+        )
     }
     theirs = list(release_reader.iter_raw_images(manual, split, meta))
     assert len(theirs) == len(ours) == len(renamed[split])
-    assert sum(r.patched for r in theirs) == sum(
-        r.patched for r in ours.values()
-    ) > 0, split
+    assert (
+        sum(r.patched for r in theirs)
+        == sum(r.patched for r in ours.values())
+        > 0
+    ), split
     for raw in theirs:
       assert raw.file_name == renamed[split][raw.file_name.lower()]
       expected = ours[raw.file_name.lower()]
@@ -756,7 +784,8 @@ def test_real_style_release_builds_like_ours(
   manual = str(tmp_path / "real_style")
   _real_style_release(mini_manual_dir, manual)
   builder = data.get_builder(
-      "ilsvrc2010_mini", data_dir=str(tmp_path / "tfds"),
+      "ilsvrc2010_mini",
+      data_dir=str(tmp_path / "tfds"),
       num_workers=2,
   )
   data.prepare(builder, manual_dir=manual)
@@ -776,11 +805,16 @@ def test_devkit_members_are_found_under_any_prefix(tmp_path, prefix):
   meta = prefix + release.META_MEMBER
   path = str(tmp_path / "devkit.tar.gz")
   with open(path, "wb") as f:
-    f.write(_tar_bytes([
-        (prefix + "devkit-1.0/evaluation/meta.mat", b"decoy"),
-        (meta, b"meta"),
-        (prefix + "devkit-1.0/data/other.txt", b"other"),
-    ], gz=True))
+    f.write(
+        _tar_bytes(
+            [
+                (prefix + "devkit-1.0/evaluation/meta.mat", b"decoy"),
+                (meta, b"meta"),
+                (prefix + "devkit-1.0/data/other.txt", b"other"),
+            ],
+            gz=True,
+        )
+    )
   assert archives.read_members(path, [release.META_MEMBER]) == {
       release.META_MEMBER: b"meta"
   }
@@ -796,12 +830,19 @@ def test_patches_outside_split_directories_are_ignored(tmp_path):
   Image.new("RGB", (8, 8), (1, 2, 3)).save(jpeg, format="JPEG")
   path = str(tmp_path / "patches.tar")
   with open(path, "wb") as f:
-    f.write(_tar_bytes([
-        ("a/b/train/x_1.JPEG", jpeg.getvalue()),
-        ("./validation/ILSVRC2010_val_00000001.jpg", jpeg.getvalue()),
-        ("misc/test_images/y.JPEG", jpeg.getvalue()),  # No split directory.
-        ("test/notes.txt", b"not an image"),
-    ]))
+    f.write(
+        _tar_bytes(
+            [
+                ("a/b/train/x_1.JPEG", jpeg.getvalue()),
+                ("./validation/ILSVRC2010_val_00000001.jpg", jpeg.getvalue()),
+                (
+                    "misc/test_images/y.JPEG",
+                    jpeg.getvalue(),
+                ),  # No split directory.
+                ("test/notes.txt", b"not an image"),
+            ]
+        )
+    )
   assert release_metadata.read_patches(path) == {
       "train": {"x_1.jpeg": jpeg.getvalue()},
       "val": {"ILSVRC2010_val_00000001.jpg": jpeg.getvalue()},
@@ -846,8 +887,9 @@ def _cut_points(path):
   }
 
 
-@pytest.mark.parametrize("cut", ["half", "member_boundary", "inside_header",
-                                 "inside_first_member"])
+@pytest.mark.parametrize(
+    "cut", ["half", "member_boundary", "inside_header", "inside_first_member"]
+)
 @pytest.mark.parametrize("split", ["train", "validation"])
 def test_truncated_archive_is_one_clean_error(
     mini_manual_dir, mini_meta, tmp_path, split, cut
@@ -856,13 +898,18 @@ def test_truncated_archive_is_one_clean_error(
   source = os.path.join(mini_manual_dir, archive)
   with open(source, "rb") as f:
     payload = f.read()[: _cut_points(source)[cut]]
-  manual = _copy_release(mini_manual_dir, str(tmp_path / "m"),
-                         {archive: payload})
+  manual = _copy_release(
+      mini_manual_dir, str(tmp_path / "m"), {archive: payload}
+  )
   with pytest.raises(release.ArchiveError) as info:
     for _ in release_reader.iter_raw_images(manual, split, mini_meta):
       pass
-  _assert_clean(info.value, os.path.join(manual, archive), "truncated",
-                "Download it again")
+  _assert_clean(
+      info.value,
+      os.path.join(manual, archive),
+      "truncated",
+      "Download it again",
+  )
 
 
 def test_train_tar_cut_in_half_fails_the_build_cleanly(
@@ -872,18 +919,21 @@ def test_train_tar_cut_in_half_fails_the_build_cleanly(
   with open(source, "rb") as f:
     payload = f.read()
   manual = _copy_release(
-      mini_manual_dir, str(tmp_path / "m"),
+      mini_manual_dir,
+      str(tmp_path / "m"),
       {release.TRAIN_TAR: payload[: len(payload) // 2]},
   )
   builder = data.get_builder(
-      "ilsvrc2010_mini", data_dir=str(tmp_path / "tfds"),
+      "ilsvrc2010_mini",
+      data_dir=str(tmp_path / "tfds"),
       num_workers=2,
   )
   with pytest.raises(release.ArchiveError) as info:
     data.prepare(builder, manual_dir=manual)
   # Cut inside a per-class tar: the error names it too.
-  _assert_clean(info.value, release.TRAIN_TAR, "inside its member",
-                ".tar", "truncated")
+  _assert_clean(
+      info.value, release.TRAIN_TAR, "inside its member", ".tar", "truncated"
+  )
   assert not builder.is_prepared()
 
 
@@ -898,8 +948,7 @@ def test_bad_small_archive_is_one_clean_error(
     payload = payload[: len(payload) // 2]
   else:
     payload = b"<html>Login required</html>\n" * 40
-  manual = _copy_release(mini_manual_dir, str(tmp_path / "m"),
-                         {name: payload})
+  manual = _copy_release(mini_manual_dir, str(tmp_path / "m"), {name: payload})
   with pytest.raises(release.ArchiveError) as info:
     release_metadata.load_release_metadata(manual, 10)
   _assert_clean(info.value, os.path.join(manual, name), "Download it again")
@@ -914,12 +963,13 @@ def _jpeg_bytes():
 def _huge_claimed_size(jpeg):
   """The JPEG with its frame header claiming 65000 x 65000 pixels."""
   sof = jpeg.index(b"\xff\xc0")
-  return jpeg[: sof + 5] + b"\xfd\xe8\xfd\xe8" + jpeg[sof + 9:]
+  return jpeg[: sof + 5] + b"\xfd\xe8\xfd\xe8" + jpeg[sof + 9 :]
 
 
-@pytest.mark.parametrize("damage", [
-    "truncated", "garbage", "truncated_gzip", "bad_gzip", "huge_claimed_size"
-])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated", "garbage", "truncated_gzip", "bad_gzip", "huge_claimed_size"],
+)
 def test_corrupt_image_is_one_clean_error(damage):
   jpeg = _jpeg_bytes()
   payload = {
@@ -930,13 +980,21 @@ def test_corrupt_image_is_one_clean_error(damage):
       "huge_claimed_size": _huge_claimed_size(jpeg),
   }[damage]
   raw = release_reader.RawImage(
-      archive="ILSVRC2010_images_val.tar", member="val/x.JPEG",
-      file_name="x.JPEG", label=0, data=payload, patched=False,
+      archive="ILSVRC2010_images_val.tar",
+      member="val/x.JPEG",
+      file_name="x.JPEG",
+      label=0,
+      data=payload,
+      patched=False,
   )
   with pytest.raises(release.CorruptImageError) as info:
     release_reader.process_image(raw, 32)
-  _assert_clean(info.value, "'val/x.JPEG'", "ILSVRC2010_images_val.tar",
-                "skip_corrupt_images=True")
+  _assert_clean(
+      info.value,
+      "'val/x.JPEG'",
+      "ILSVRC2010_images_val.tar",
+      "skip_corrupt_images=True",
+  )
 
 
 def _fill(directory, names):
@@ -956,23 +1014,41 @@ def _fill(directory, names):
     "contents, needles",
     [
         # An ILSVRC-2012 manual directory.
-        (["ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar",
-          "ILSVRC2012_devkit_t12.tar.gz"],
-         ["ILSVRC-2012", "ILSVRC2012_img_train.tar", "imagenet2012"]),
+        (
+            [
+                "ILSVRC2012_img_train.tar",
+                "ILSVRC2012_img_val.tar",
+                "ILSVRC2012_devkit_t12.tar.gz",
+            ],
+            ["ILSVRC-2012", "ILSVRC2012_img_train.tar", "imagenet2012"],
+        ),
         # Another year, mixed with a stray 2010 file.
-        (["ILSVRC2011_images_train.tar", "ILSVRC2010_test_ground_truth.txt"],
-         ["ILSVRC-2011", "ILSVRC2011_images_train.tar"]),
+        (
+            ["ILSVRC2011_images_train.tar", "ILSVRC2010_test_ground_truth.txt"],
+            ["ILSVRC-2011", "ILSVRC2011_images_train.tar"],
+        ),
         # The release one level down.
-        (["ilsvrc2010/" + release.TRAIN_TAR,
-          "ilsvrc2010/" + release.DEVKIT_TAR],
-         ["one directory further down", "ilsvrc2010"]),
+        (
+            [
+                "ilsvrc2010/" + release.TRAIN_TAR,
+                "ilsvrc2010/" + release.DEVKIT_TAR,
+            ],
+            ["one directory further down", "ilsvrc2010"],
+        ),
         # An extracted release.
-        (["ILSVRC2010_images_train/", "n01440764.tar", "devkit-1.0/"],
-         ["extracted", "unextracted", "n01440764.tar"]),
+        (
+            ["ILSVRC2010_images_train/", "n01440764.tar", "devkit-1.0/"],
+            ["extracted", "unextracted", "n01440764.tar"],
+        ),
         # Some other directory.
-        (["holiday.png", "notes.txt", "photos/"],
-         ["None of the release files is here", "notes.txt",
-          "right directory"]),
+        (
+            ["holiday.png", "notes.txt", "photos/"],
+            [
+                "None of the release files is here",
+                "notes.txt",
+                "right directory",
+            ],
+        ),
         ([], ["The directory is empty"]),
     ],
 )
@@ -988,11 +1064,15 @@ def test_wrong_manual_dir_is_recognized(tmp_path, contents, needles):
 
 def test_ilsvrc2012_manual_dir_fails_the_build_cleanly(tmp_path):
   manual = str(tmp_path / "manual")
-  _fill(manual, ["ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar",
-                 "ILSVRC2012_devkit_t12.tar.gz"])
-  builder = data.get_builder(
-      "ilsvrc2010", data_dir=str(tmp_path / "tfds")
+  _fill(
+      manual,
+      [
+          "ILSVRC2012_img_train.tar",
+          "ILSVRC2012_img_val.tar",
+          "ILSVRC2012_devkit_t12.tar.gz",
+      ],
   )
+  builder = data.get_builder("ilsvrc2010", data_dir=str(tmp_path / "tfds"))
   with pytest.raises(release.MissingManualFilesError) as info:
     data.prepare(builder, manual_dir=manual)
   assert "ILSVRC-2012" in str(info.value)

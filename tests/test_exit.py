@@ -36,7 +36,8 @@ def test_main_exits_promptly_after_its_results(smoke_dirs, tmp_path):
     except subprocess.TimeoutExpired:
       raise AssertionError(
           f"still running {EXIT_SECONDS} s after writing results.json:\n"
-          + helpers.read(log)) from None
+          + helpers.read(log)
+      ) from None
   finally:
     if proc.poll() is None:
       proc.kill()

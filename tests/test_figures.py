@@ -47,22 +47,31 @@ def test_conv1_grid_layout_with_tower_labels():
   cell = 11 * 4 + 1
   assert plain.shape == (2 * 2 * cell + 8, 16 * cell, 3)
   labelled = figures.conv1_grid(kernel, labels=["tower 0", "tower 1"])
-  assert labelled.shape == (plain.shape[0] + 2 * figures.LABEL_HEIGHT,
-                            plain.shape[1], 3)
+  assert labelled.shape == (
+      plain.shape[0] + 2 * figures.LABEL_HEIGHT,
+      plain.shape[1],
+      3,
+  )
   # The kernels are the same, below each tower's label line.
   h = figures.LABEL_HEIGHT
-  np.testing.assert_array_equal(labelled[h:h + 2 * cell], plain[:2 * cell])
+  np.testing.assert_array_equal(labelled[h : h + 2 * cell], plain[: 2 * cell])
   # The label lines hold dark text.
   second = 2 * cell + h + 8  # Tower 1's label line.
-  assert labelled[:h].min() < 128 and labelled[second:second + h].min() < 128
+  assert labelled[:h].min() < 128 and labelled[second : second + h].min() < 128
 
 
 def test_line_plot():
   picture = figures.line_plot(
-      [dict(x=[0, 1, 2], y=[0.9, 0.5, 0.2], style="solid", label="relu"),
-       dict(x=[0, 1, 2], y=[0.9, 0.7, 0.4], style="dashed", label="tanh")],
-      hlines=[(0.25, "25%")], xlabel="epochs", ylabel="error",
-      y_range=(0, 1), size=(320, 240))
+      [
+          dict(x=[0, 1, 2], y=[0.9, 0.5, 0.2], style="solid", label="relu"),
+          dict(x=[0, 1, 2], y=[0.9, 0.7, 0.4], style="dashed", label="tanh"),
+      ],
+      hlines=[(0.25, "25%")],
+      xlabel="epochs",
+      ylabel="error",
+      y_range=(0, 1),
+      size=(320, 240),
+  )
   assert picture.shape == (240, 320, 3) and picture.dtype == np.uint8
   assert (picture < 128).any()
 
@@ -71,18 +80,23 @@ def test_line_plot():
 # Figure 1: ReLU vs tanh on Fashion-MNIST.
 # ----------------------------------------------------------------------------
 
-FASHION_MNIST = os.path.exists(os.path.join(
-    relu_vs_tanh.DEFAULT_DATA_DIR, relu_vs_tanh.FILES["train_images"]))
+FASHION_MNIST = os.path.exists(
+    os.path.join(
+        relu_vs_tanh.DEFAULT_DATA_DIR, relu_vs_tanh.FILES["train_images"]
+    )
+)
 needs_fashion_mnist = pytest.mark.skipif(
     not FASHION_MNIST,
     reason=f"Fashion-MNIST not installed: apt-get install "
-           f"{relu_vs_tanh.DEBIAN_PACKAGE}")
+    f"{relu_vs_tanh.DEBIAN_PACKAGE}",
+)
 
 
 def test_first_crossing_interpolates():
   epochs, errors = [0, 0.5, 1.0, 1.5], [0.9, 0.4, 0.2, 0.1]
   assert relu_vs_tanh.first_crossing(epochs, errors, 0.25) == pytest.approx(
-      0.5 + 0.5 * 0.15 / 0.2)
+      0.5 + 0.5 * 0.15 / 0.2
+  )
   assert relu_vs_tanh.first_crossing(epochs, errors, 0.95) == 0
   assert relu_vs_tanh.first_crossing(epochs, errors, 0.05) is None
 
@@ -91,8 +105,11 @@ def test_idx_reader_and_missing_data_message(tmp_path):
   images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
   path = tmp_path / "x-idx3-ubyte.gz"
   with gzip.open(path, "wb") as f:
-    f.write(b"\0\0\x08\x03" + b"".join(
-        n.to_bytes(4, "big") for n in images.shape) + images.tobytes())
+    f.write(
+        b"\0\0\x08\x03"
+        + b"".join(n.to_bytes(4, "big") for n in images.shape)
+        + images.tobytes()
+    )
   np.testing.assert_array_equal(relu_vs_tanh.read_idx(str(path)), images)
   with pytest.raises(relu_vs_tanh.DataError, match="dataset-fashion-mnist"):
     relu_vs_tanh.load_fashion_mnist(str(tmp_path))
@@ -113,8 +130,16 @@ def test_relu_vs_tanh_is_deterministic():
 
   def run():
     return relu_vs_tanh.run_figure(
-        data, dict(relu=[0.05], tanh=[0.05]), target=0.8, extra_targets=[],
-        epochs=1, evals_per_epoch=2, batch_size=128, seed=3, log=lambda _: 0)
+        data,
+        dict(relu=[0.05], tanh=[0.05]),
+        target=0.8,
+        extra_targets=[],
+        epochs=1,
+        evals_per_epoch=2,
+        batch_size=128,
+        seed=3,
+        log=lambda _: 0,
+    )
 
   first, second = run(), run()
   for a, b in zip(first["runs"], second["runs"]):
@@ -127,12 +152,25 @@ def test_relu_vs_tanh_is_deterministic():
 @needs_fashion_mnist
 def test_relu_vs_tanh_command(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "alexnet_jax.relu_vs_tanh",
-       f"--workdir={tmp_path}", "--max_train_images=512", "--epochs=1",
-       "--evals_per_epoch=2", "--error_images=256",
-       "--relu_learning_rates=0.02,0.05", "--tanh_learning_rates=0.05",
-       "--target_error=0.8", "--extra_targets=0.5"],
-      cwd=helpers.REPO_ROOT, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "alexnet_jax.relu_vs_tanh",
+          f"--workdir={tmp_path}",
+          "--max_train_images=512",
+          "--epochs=1",
+          "--evals_per_epoch=2",
+          "--error_images=256",
+          "--relu_learning_rates=0.02,0.05",
+          "--tanh_learning_rates=0.05",
+          "--target_error=0.8",
+          "--extra_targets=0.5",
+      ],
+      cwd=helpers.REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert f"wrote {tmp_path}/relu_vs_tanh.png" in proc.stdout
   assert "training error 80%:" in proc.stdout
@@ -140,7 +178,10 @@ def test_relu_vs_tanh_command(tmp_path):
     result = json.load(f)
   assert result["data"]["train_images"] == 512
   assert [(r["activation"], r["learning_rate"]) for r in result["runs"]] == [
-      ("relu", 0.02), ("relu", 0.05), ("tanh", 0.05)]
+      ("relu", 0.02),
+      ("relu", 0.05),
+      ("tanh", 0.05),
+  ]
   assert set(result["summary"]) == {"0.8", "0.5"}
   row = result["summary"]["0.8"]
   for activation in ("relu", "tanh"):
@@ -152,9 +193,18 @@ def test_relu_vs_tanh_command(tmp_path):
 
 def test_missing_fashion_mnist_names_the_package(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "alexnet_jax.relu_vs_tanh",
-       f"--workdir={tmp_path}", f"--data_dir={tmp_path}"],
-      cwd=helpers.REPO_ROOT, capture_output=True, text=True, timeout=120)
+      [
+          sys.executable,
+          "-m",
+          "alexnet_jax.relu_vs_tanh",
+          f"--workdir={tmp_path}",
+          f"--data_dir={tmp_path}",
+      ],
+      cwd=helpers.REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert proc.returncode != 0
   assert "apt-get install dataset-fashion-mnist" in proc.stderr
   assert "Traceback" not in proc.stderr

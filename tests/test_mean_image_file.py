@@ -36,8 +36,7 @@ def write_mean(path, shape, seed=0) -> np.ndarray:
   return mean
 
 
-def test_evaluation_subtracts_the_given_mean(smoke_dirs, tmp_path,
-                                             monkeypatch):
+def test_evaluation_subtracts_the_given_mean(smoke_dirs, tmp_path, monkeypatch):
   """The same validation images, centred by the computed mean and by the
   file's, differ by exactly the difference of the two means (central
   64x64 of 72x72); evaluation reads no training statistics; training keeps
@@ -52,38 +51,45 @@ def test_evaluation_subtracts_the_given_mean(smoke_dirs, tmp_path,
     raise AssertionError("evaluation read the training statistics")
 
   with monkeypatch.context() as patch:
-    patch.setattr(input_stats, "compute_or_load_stats",
-                  no_training_statistics)
+    patch.setattr(input_stats, "compute_or_load_stats", no_training_statistics)
     given = run_data.Data(
-        helpers.smoke_config(smoke_dirs, mean_image_file=str(path)), mesh)
+        helpers.smoke_config(smoke_dirs, mean_image_file=str(path)), mesh
+    )
     got = first_center_batch(given)
   want = first_center_batch(computed)
   np.testing.assert_array_equal(got["label"], want["label"])
   top = (STORED - CROP) // 2
-  crop = (computed.stats.mean_image - mean)[top:top + CROP, top:top + CROP]
+  crop = (computed.stats.mean_image - mean)[top : top + CROP, top : top + CROP]
   assert np.abs(crop).max() > 10  # The two means differ visibly.
-  np.testing.assert_allclose(got["image"] - want["image"],
-                             np.broadcast_to(crop, got["image"].shape),
-                             atol=1e-3)
+  np.testing.assert_allclose(
+      got["image"] - want["image"],
+      np.broadcast_to(crop, got["image"].shape),
+      atol=1e-3,
+  )
 
   train = given.train_stats()
   np.testing.assert_array_equal(train.mean_image, mean)
-  np.testing.assert_array_equal(train.pixel_covariance,
-                                computed.stats.pixel_covariance)
+  np.testing.assert_array_equal(
+      train.pixel_covariance, computed.stats.pixel_covariance
+  )
   assert train.num_images == computed.stats.num_images
   with contextlib.closing(given.train_batches(0)) as batches:
     images = np.asarray(next(batches)["image"])
   assert images.shape[1:] == (CROP, CROP, 3) and np.isfinite(images).all()
 
 
-@pytest.mark.parametrize("kind,needles", [
-    ("wrong_shape", ["(64, 64, 3)", "72x72", "(72, 72, 3)"]),
-    ("no_mean_image", ["no 'mean_image'", "weights convert"]),
-    ("not_npz", ["not a readable .npz"]),
-    ("missing", ["no such file", "--mean_out"]),
-])
-def test_an_unusable_mean_file_is_a_user_error(smoke_dirs, tmp_path, kind,
-                                               needles):
+@pytest.mark.parametrize(
+    "kind,needles",
+    [
+        ("wrong_shape", ["(64, 64, 3)", "72x72", "(72, 72, 3)"]),
+        ("no_mean_image", ["no 'mean_image'", "weights convert"]),
+        ("not_npz", ["not a readable .npz"]),
+        ("missing", ["no such file", "--mean_out"]),
+    ],
+)
+def test_an_unusable_mean_file_is_a_user_error(
+    smoke_dirs, tmp_path, kind, needles
+):
   path = tmp_path / "mean.npz"
   if kind == "wrong_shape":  # The crop's size, not the stored images'.
     write_mean(path, (CROP, CROP, 3))

@@ -12,12 +12,20 @@ from alexnet_jax.data import mini
 from alexnet_jax.data import shapes
 
 TINY = mini.MiniParams(
-    num_classes=3, train_per_class=4, val_per_class=2, test_per_class=2,
-    image_size=64, seed=7,
+    num_classes=3,
+    train_per_class=4,
+    val_per_class=2,
+    test_per_class=2,
+    image_size=64,
+    seed=7,
 )
 RELEASE_FILES = (
-    mini.TRAIN_TAR, mini.VAL_TAR, mini.TEST_TAR, mini.DEVKIT_TAR,
-    mini.TEST_GROUND_TRUTH, mini.PATCH_TAR,
+    mini.TRAIN_TAR,
+    mini.VAL_TAR,
+    mini.TEST_TAR,
+    mini.DEVKIT_TAR,
+    mini.TEST_GROUND_TRUTH,
+    mini.PATCH_TAR,
 )
 
 
@@ -74,8 +82,14 @@ def test_official_layout_and_meta_mat(mini_dataset):
     mat = scipy.io.loadmat(io.BytesIO(tar.extractfile(mini.META_MEMBER).read()))
   synsets = mat["synsets"].reshape(-1)
   assert set(synsets.dtype.names) == {
-      "ILSVRC2010_ID", "WNID", "words", "gloss", "num_children", "children",
-      "wordnet_height", "num_train_images",
+      "ILSVRC2010_ID",
+      "WNID",
+      "words",
+      "gloss",
+      "num_children",
+      "children",
+      "wordnet_height",
+      "num_train_images",
   }
   ids = [int(s["ILSVRC2010_ID"].item()) for s in synsets]
   assert ids == list(range(1, len(synsets) + 1))
@@ -110,23 +124,26 @@ def test_nearest_mean_accuracy_can_be_perfect_and_chance():
   rng = np.random.default_rng(0)
   labels = np.repeat(np.arange(4), 20)
   separable = labels[:, None] * 10.0 + rng.normal(0, 0.5, (80, 6))
-  assert mini.nearest_mean_accuracy(
-      separable, labels, separable, labels
-  ) == 1.0
+  assert mini.nearest_mean_accuracy(separable, labels, separable, labels) == 1.0
   # Every class in both halves (labels 0, 1, 2, 3, 0, ...): on noise the
   # classifier is near chance (0.25), neither perfect nor always wrong.
   noise = rng.normal(0, 1, (80, 6))
   mixed = np.tile(np.arange(4), 20)
-  accuracy = mini.nearest_mean_accuracy(noise[:40], mixed[:40],
-                                        noise[40:], mixed[40:])
+  accuracy = mini.nearest_mean_accuracy(
+      noise[:40], mixed[:40], noise[40:], mixed[40:]
+  )
   assert 0.05 < accuracy < 0.6
 
 
 def test_trivial_baselines_are_far_from_solving_it(tmp_path):
   # Enough images for stable class means: 10 classes x 40 train, 12 val.
   params = mini.MiniParams(
-      num_classes=10, train_per_class=40, val_per_class=12,
-      test_per_class=1, image_size=96, seed=3,
+      num_classes=10,
+      train_per_class=40,
+      val_per_class=12,
+      test_per_class=1,
+      image_size=96,
+      seed=3,
   )
   manual_dir = mini.ensure_manual_dir(str(tmp_path / "m"), params)
   scores = mini.trivial_baselines(manual_dir)

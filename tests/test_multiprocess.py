@@ -45,17 +45,25 @@ def _start_two_processes(smoke_dirs, workdir, tmp_path, *flags):
   (processes, their log files)."""
   port = _free_port()
   logs = [str(tmp_path / f"process{i}.log") for i in range(2)]
-  procs = [helpers.start_main(smoke_dirs, workdir, "--config.cpu_devices=1",
-                              f"--coordinator_address=127.0.0.1:{port}",
-                              "--num_processes=2", f"--process_id={i}",
-                              *flags, log=logs[i])
-           for i in range(2)]
+  procs = [
+      helpers.start_main(
+          smoke_dirs,
+          workdir,
+          "--config.cpu_devices=1",
+          f"--coordinator_address=127.0.0.1:{port}",
+          "--num_processes=2",
+          f"--process_id={i}",
+          *flags,
+          log=logs[i],
+      )
+      for i in range(2)
+  ]
   return procs, logs
 
 
-def test_two_processes_on_loopback_match_one_process(smoke_dirs,
-                                                     uninterrupted,
-                                                     tmp_path):
+def test_two_processes_on_loopback_match_one_process(
+    smoke_dirs, uninterrupted, tmp_path
+):
   """Two JAX processes, one CPU device each, form the 2-tower mesh.
 
   Real multi-process JAX (jax.distributed over loopback, gloo collectives):
@@ -71,13 +79,16 @@ def test_two_processes_on_loopback_match_one_process(smoke_dirs,
   assert step == 10
   # Other compiled programs (cross-process collectives): equal up to float
   # rounding, far below what one different batch or mask would change.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
-                                                       atol=1e-6),
-               got, expected)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+      got,
+      expected,
+  )
 
 
 def test_two_processes_reading_different_data_match_one_process(
-    smoke_dirs, tmp_path, monkeypatch):
+    smoke_dirs, tmp_path, monkeypatch
+):
   """mesh.data=2 over two processes: each reads its half of every batch.
 
   Each process reads its own part of the training split (TFDS's
@@ -97,14 +108,17 @@ def test_two_processes_reading_different_data_match_one_process(
 
   def two_processes_data(builder, **kwargs):
     assert kwargs["process_count"] == 1  # This one process reads it all.
-    parts = [make_train_dataset(builder, **dict(kwargs, process_index=i,
-                                                process_count=2))
-             for i in range(2)]
+    parts = [
+        make_train_dataset(
+            builder, **dict(kwargs, process_index=i, process_count=2)
+        )
+        for i in range(2)
+    ]
     return tf.data.Dataset.zip(tuple(parts)).map(
-        lambda a, b: {k: tf.concat([a[k], b[k]], 0) for k in a})
+        lambda a, b: {k: tf.concat([a[k], b[k]], 0) for k in a}
+    )
 
-  monkeypatch.setattr(input_pipeline, "make_train_dataset",
-                      two_processes_data)
+  monkeypatch.setattr(input_pipeline, "make_train_dataset", two_processes_data)
   one_workdir = str(tmp_path / "one_process")
   config = helpers.smoke_config(smoke_dirs)
   config.mesh.update(data=2, model=1)
@@ -116,9 +130,11 @@ def test_two_processes_reading_different_data_match_one_process(
   assert step == one["step"] == 10
   # Other compiled programs (cross-process collectives): equal up to float
   # rounding, far below what one different example would change.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
-                                                       atol=1e-6),
-               got, expected)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+      got,
+      expected,
+  )
   with open(os.path.join(workdir, "results.json")) as f:
     two = json.load(f)
   for split in ("validation", "test"):

@@ -23,19 +23,27 @@ def test_features_are_the_same_on_1x1_1x2_and_2x2_meshes_and_feed_fc8():
   assert (expected >= 0).all() and (expected > 0).any()  # After the ReLU.
   for data, model in ((1, 1), (1, 2), (2, 2)):
     mesh = parallel.make_mesh(data, model)
-    placed = jax.device_put(params, parallel.named_shardings(
-        mesh, parallel.param_specs(params)))
+    placed = jax.device_put(
+        params, parallel.named_shardings(mesh, parallel.param_specs(params))
+    )
     batch = jax.device_put(images, parallel.batch_sharding(mesh))
     got = jax.jit(model_lib.make_features(config, mesh))(placed, batch)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
   # They are the last hidden layer: fc8 of them gives the eval logits (after
   # dropout's test-time scaling x 0.5 with the paper's dropout rule).
   logits = jax.jit(model_lib.make_apply(config))(params, images)
-  scale = (1 - config.dropout_rate
-           if config.get("dropout_scaling", "inverted") == "paper" else 1)
+  scale = (
+      1 - config.dropout_rate
+      if config.get("dropout_scaling", "inverted") == "paper"
+      else 1
+  )
   k8 = params["fc8"]["kernel"].reshape(2 * 16, 10)
-  np.testing.assert_allclose(scale * expected @ k8 + params["fc8"]["bias"],
-                             logits, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+      scale * expected @ k8 + params["fc8"]["bias"],
+      logits,
+      rtol=1e-4,
+      atol=1e-5,
+  )
 
 
 def test_nearest_and_label_agreement():
@@ -45,4 +53,5 @@ def test_nearest_and_label_agreement():
   np.testing.assert_array_equal(index, [[1, 3, 0], [2, 0, 1]])  # Stable ties.
   labels = np.array([0, 1, 2, 1])
   assert neighbors.label_agreement(np.array([1, 2]), labels, index) == (
-      pytest.approx(3 / 6))
+      pytest.approx(3 / 6)
+  )

@@ -17,16 +17,27 @@ def compiled_forward(config, mesh_shape, batch):
   mesh = parallel.make_mesh(*mesh_shape)
   params = model_lib.init_params(config, jax.random.key(0), mesh)
   size = config.image_size
-  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32,
-                                sharding=parallel.batch_sharding(mesh))
-  return jax.jit(model_lib.make_apply(config, mesh)).lower(
-      params, images).compile().as_text()
+  images = jax.ShapeDtypeStruct(
+      (batch, size, size, 3),
+      jnp.float32,
+      sharding=parallel.batch_sharding(mesh),
+  )
+  return (
+      jax.jit(model_lib.make_apply(config, mesh))
+      .lower(params, images)
+      .compile()
+      .as_text()
+  )
 
 
 def compiled_collectives(config, mesh_shape, batch):
   """(op, result type, device groups) of each collective in the forward."""
-  return [(c["op"], c["types"][0], c["groups"]) for c in hlo.collectives(
-      compiled_forward(config, mesh_shape, batch), mesh_shape)]
+  return [
+      (c["op"], c["types"][0], c["groups"])
+      for c in hlo.collectives(
+          compiled_forward(config, mesh_shape, batch), mesh_shape
+      )
+  ]
 
 
 @pytest.mark.parametrize("mesh_shape", [(1, 2), (2, 2)])
@@ -72,7 +83,8 @@ def test_lrn_across_towers_collective_sizes():
   config.lrn.across_towers = True
   got = compiled_collectives(config, (1, 2), batch=1)
   assert sorted(t for op, t, _ in got if op == "collective-permute") == (
-      ["f32[1,27,27,2]"] * 2 + ["f32[1,55,55,2]"] * 2)
+      ["f32[1,27,27,2]"] * 2 + ["f32[1,55,55,2]"] * 2
+  )
 
 
 def test_one_device_per_two_towers_has_no_collectives():
@@ -82,8 +94,11 @@ def test_one_device_per_two_towers_has_no_collectives():
   reader finds the four collectives there.
   """
   text = compiled_forward(helpers.tiny_model_config(), (2, 1), 4)
-  assert not [op for op in hlo.COLLECTIVE_OPS if f" {op}(" in text or
-              f" {op}-start(" in text]
+  assert not [
+      op
+      for op in hlo.COLLECTIVE_OPS
+      if f" {op}(" in text or f" {op}-start(" in text
+  ]
   assert hlo.collectives(text, (2, 1)) == []
 
 
@@ -91,8 +106,9 @@ def _permute_pairs(text, name):
   """source_target_pairs of the collective-permute `name` in HLO text."""
   line = re.search(rf"%{re.escape(name)} = [^\n]*", text).group(0)
   pairs = re.search(r"source_target_pairs=\{(.*?)\}\}", line).group(1)
-  return [[int(i) for i in p.split(",")]
-          for p in re.findall(r"\{?(\d+,\d+)", pairs)]
+  return [
+      [int(i) for i in p.split(",")] for p in re.findall(r"\{?(\d+,\d+)", pairs)
+  ]
 
 
 @pytest.mark.parametrize("mesh_shape", [(1, 2), (2, 2), (2, 1)])
@@ -111,17 +127,28 @@ def test_lrn_across_towers_sends_the_boundary_maps(mesh_shape):
   B = 4 // data
   right = [[0, 1]] if data == 1 else [[0, 1], [2, 3]]
   left = [[1, 0]] if data == 1 else [[1, 0], [3, 2]]
-  permutes = [(c["types"][0], _permute_pairs(text, c["name"]))
-              for c in found if c["op"] == "collective-permute"]
-  assert sorted(permutes) == sorted([
-      (f"f32[{B},23,23,2]", right), (f"f32[{B},23,23,2]", left),
-      (f"f32[{B},11,11,2]", right), (f"f32[{B},11,11,2]", left)]), permutes
+  permutes = [
+      (c["types"][0], _permute_pairs(text, c["name"]))
+      for c in found
+      if c["op"] == "collective-permute"
+  ]
+  assert sorted(permutes) == sorted(
+      [
+          (f"f32[{B},23,23,2]", right),
+          (f"f32[{B},23,23,2]", left),
+          (f"f32[{B},11,11,2]", right),
+          (f"f32[{B},11,11,2]", left),
+      ]
+  ), permutes
   # The paper's four collectives are unchanged.
-  assert [(c["op"], c["types"][0]) for c in found
-          if c["op"] != "collective-permute"] == [
-              ("all-gather", f"f32[{B},5,5,16]"),
-              ("reduce-scatter", f"f32[{B},16]"),
-              ("all-gather", f"f32[{B},32]"), ("all-reduce", f"f32[{B},10]")]
+  assert [
+      (c["op"], c["types"][0]) for c in found if c["op"] != "collective-permute"
+  ] == [
+      ("all-gather", f"f32[{B},5,5,16]"),
+      ("reduce-scatter", f"f32[{B},16]"),
+      ("all-gather", f"f32[{B},32]"),
+      ("all-reduce", f"f32[{B},10]"),
+  ]
 
 
 def test_mesh_shapes():
@@ -131,12 +158,15 @@ def test_mesh_shapes():
   assert dict(parallel.make_mesh(-1, 1).shape) == {"data": 4, "model": 1}
 
 
-@pytest.mark.parametrize("data,model,message", [
-    (1, 3, r"mesh.model=3 is impossible.*mesh.model in \[1, 2\]"),
-    (1, 0, r"mesh.model=0 is impossible"),
-    (4, 2, r"needs 8 devices but only 4 are available"),
-    (0, 2, r"mesh.data=0 must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "data,model,message",
+    [
+        (1, 3, r"mesh.model=3 is impossible.*mesh.model in \[1, 2\]"),
+        (1, 0, r"mesh.model=0 is impossible"),
+        (4, 2, r"needs 8 devices but only 4 are available"),
+        (0, 2, r"mesh.data=0 must be >= 1"),
+    ],
+)
 def test_bad_mesh_shapes_fail_with_a_clear_message(data, model, message):
   with pytest.raises(parallel.MeshError, match=message):
     parallel.make_mesh(data, model)
@@ -151,11 +181,14 @@ def test_batch_not_divisible_by_data_axis():
 
 def test_param_shardings_hold_one_tower_per_device():
   mesh = parallel.make_mesh(1, 2)
-  params = model_lib.init_params(helpers.tiny_model_config(),
-                                 jax.random.key(0), mesh)
+  params = model_lib.init_params(
+      helpers.tiny_model_config(), jax.random.key(0), mesh
+  )
   kernel = params["conv2"]["kernel"]
   assert [s.data.shape[0] for s in kernel.addressable_shards] == [1, 1]
   assert [s.index[0] for s in kernel.addressable_shards] == [
-      slice(0, 1), slice(1, 2)]
+      slice(0, 1),
+      slice(1, 2),
+  ]
   bias8 = params["fc8"]["bias"]
   assert bias8.sharding.is_fully_replicated

@@ -19,8 +19,9 @@ from alexnet_jax import checkpoint
 from tests import helpers
 
 
-def test_killed_and_resumed_equals_uninterrupted(smoke_dirs, uninterrupted,
-                                                 tmp_path):
+def test_killed_and_resumed_equals_uninterrupted(
+    smoke_dirs, uninterrupted, tmp_path
+):
   """SIGKILL after the first checkpoint, rerun: resumes, same parameters."""
   workdir = str(tmp_path / "killed")
   log = str(tmp_path / "killed.log")
@@ -32,7 +33,9 @@ def test_killed_and_resumed_equals_uninterrupted(smoke_dirs, uninterrupted,
     proc.wait()
   killed_at = checkpoint.Checkpointer(workdir).latest_step()
   assert killed_at is not None and 0 < killed_at < 10
-  out = helpers.run_main(smoke_dirs, workdir).stdout  # The same command resumes.
+  out = helpers.run_main(
+      smoke_dirs, workdir
+  ).stdout  # The same command resumes.
   # ... from the killed step, not from step 0 (the smoke run is
   # deterministic: a restart would end with the same bits).
   assert f"resumed from step {killed_at} in " in out, out
@@ -47,15 +50,18 @@ def test_killed_and_resumed_equals_uninterrupted(smoke_dirs, uninterrupted,
   rates = helpers.scalars(workdir, "train/learning_rate")
   want = helpers.scalars(uninterrupted[0], "train/learning_rate")
   assert {s: v for s, v in rates.items() if s > killed_at} == pytest.approx(
-      {s: v for s, v in want.items() if s > killed_at})
+      {s: v for s, v in want.items() if s > killed_at}
+  )
 
 
 def test_sigterm_saves_and_restores_on_another_mesh_and_ensembles(
-    smoke_dirs, uninterrupted, tmp_path):
+    smoke_dirs, uninterrupted, tmp_path
+):
   workdir = str(tmp_path / "sigterm")
   log = str(tmp_path / "sigterm.log")
-  proc = helpers.start_main(smoke_dirs, workdir, "--config.num_epochs=200",
-                            log=log)
+  proc = helpers.start_main(
+      smoke_dirs, workdir, "--config.num_epochs=200", log=log
+  )
   try:
     helpers.wait_for_checkpoint(workdir, proc, log)
     proc.send_signal(signal.SIGTERM)  # To the child, never to pytest.
@@ -72,11 +78,22 @@ def test_sigterm_saves_and_restores_on_another_mesh_and_ensembles(
   # towers; an ensemble with the uninterrupted run.
   output = tmp_path / "eval.json"
   proc = subprocess.run(
-      [sys.executable, "-m", "alexnet_jax.evaluate",
-       f"--workdir={uninterrupted[0]}", f"--workdir={workdir}",
-       "--mesh_data=1", "--mesh_model=1", "--crops=center,ten",
-       f"--output={output}"],
-      cwd=helpers.REPO_ROOT, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "alexnet_jax.evaluate",
+          f"--workdir={uninterrupted[0]}",
+          f"--workdir={workdir}",
+          "--mesh_data=1",
+          "--mesh_model=1",
+          "--crops=center,ten",
+          f"--output={output}",
+      ],
+      cwd=helpers.REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   results = json.loads(output.read_text())["results"]["validation"]
   assert results["center"]["count"] == results["ten"]["count"] == 30

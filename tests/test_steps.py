@@ -30,8 +30,9 @@ def _train(config, mesh_shape, num_steps, batch):
 def test_a_few_steps_drive_the_loss_down_on_two_towers():
   # Dropout off and width-scaled init: a crisp memorization check of the
   # whole model-parallel forward/backward/update path.
-  config = helpers.tiny_config(fc_features=(64, 64), dropout_rate=0.0,
-                               init_scale_to_width=True)
+  config = helpers.tiny_config(
+      fc_features=(64, 64), dropout_rate=0.0, init_scale_to_width=True
+  )
   state, losses, metrics = _train(config, (1, 2), 50, _batch())
   assert losses[-1] < 0.5 * losses[0], losses
   assert int(state.step) == 50
@@ -45,9 +46,11 @@ def test_train_steps_with_dropout_equal_across_model_axis_sizes():
   two, losses2, _ = _train(config, (1, 2), 3, batch)
   one, losses1, _ = _train(config, (1, 1), 3, batch)
   np.testing.assert_allclose(losses2, losses1, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4,
-                                                       atol=1e-6),
-               jax.device_get(two.params), jax.device_get(one.params))
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
+      jax.device_get(two.params),
+      jax.device_get(one.params),
+  )
 
 
 def test_state_is_sharded_like_the_params():
@@ -56,7 +59,8 @@ def test_state_is_sharded_like_the_params():
   state, _ = steps.create_train_state(config, jax.random.key(0), mesh)
   velocity = state.opt_state.inner_state[2].trace
   assert velocity["conv1"]["kernel"].sharding.spec == parallel.P(
-      "model", None, None, None, None)
+      "model", None, None, None, None
+  )
   assert velocity["fc8"]["bias"].sharding.is_fully_replicated
 
 
@@ -66,6 +70,7 @@ def test_topk_errors():
   np.testing.assert_array_equal(top1, [0.0, 1.0, 1.0])
   # Label 0 has 4 classes above it (in the top 5), label 3 has 5 (not).
   np.testing.assert_array_equal(top5, [0.0, 0.0, 1.0])
-  top1, top5 = steps.topk_errors(scores.at[0, 2].set(jnp.nan),
-                                 jnp.array([6, 0, 3]))
+  top1, top5 = steps.topk_errors(
+      scores.at[0, 2].set(jnp.nan), jnp.array([6, 0, 3])
+  )
   np.testing.assert_array_equal(top1, [1.0, 1.0, 1.0])  # NaN is wrong.

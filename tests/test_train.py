@@ -27,7 +27,6 @@ from alexnet_jax import train
 from alexnet_jax import weights
 from tests import helpers
 
-
 smoke_config = helpers.smoke_config
 final_params = helpers.final_params
 run_main = helpers.run_main
@@ -46,22 +45,28 @@ def test_results_json_table_and_pictures(uninterrupted):
       assert 0.0 <= r["top1_error"] <= 1.0
       assert r["top5_error"] <= r["top1_error"]
   assert saved["train_images_per_sec"] > 0
-  assert set(saved["baselines"]) == {"pixels_top1_error",
-                                     "mean_color_top1_error",
-                                     "chance_top1_error"}
+  assert set(saved["baselines"]) == {
+      "pixels_top1_error",
+      "mean_color_top1_error",
+      "chance_top1_error",
+  }
   # The results table is printed at the end.
   assert "validation   ten" in results and "trivial baseline" in results
   # Figure 3: 2 towers x 4 kernels (smoke width), tower 0 above tower 1,
   # each under its label line.
   picture = np.asarray(Image.open(os.path.join(workdir, "conv1.png")))
-  assert picture.shape == (2 * (11 * 4 + 1 + figures.LABEL_HEIGHT) + 8,
-                           4 * (11 * 4 + 1), 3)
+  assert picture.shape == (
+      2 * (11 * 4 + 1 + figures.LABEL_HEIGHT) + 8,
+      4 * (11 * 4 + 1),
+      3,
+  )
   # Each tower's color share (Figure 3's split) is in results.json.
   shares = saved["conv1"]["tower_mean"]
   assert len(shares) == 2 and all(0.0 <= v <= 1.0 for v in shares)
   assert np.shape(saved["conv1"]["per_kernel"]) == (2, 4)
-  assert any(name.startswith("events.out.tfevents")
-             for name in os.listdir(workdir))
+  assert any(
+      name.startswith("events.out.tfevents") for name in os.listdir(workdir)
+  )
   config = eval_lib.load_workdir_config(workdir)
   assert config.model.conv_features == (4, 8, 8, 8, 8)
 
@@ -79,9 +84,14 @@ def test_the_program_fits_its_training_set(smoke_dirs, tmp_path):
   (jax 0.10.2), 0.613/0.013/1.40 (jax 0.12.0.1); with the labels shuffled
   within each training batch: 0.9/0.5/2.30.
   """
-  config = smoke_config(smoke_dirs, "smoke,no_dropout", num_epochs=80,
-                        eval_every_epochs=80, log_every_steps=100,
-                        checkpoint_every_steps=400)
+  config = smoke_config(
+      smoke_dirs,
+      "smoke,no_dropout",
+      num_epochs=80,
+      eval_every_epochs=80,
+      log_every_steps=100,
+      checkpoint_every_steps=400,
+  )
   config.optim.boundary_epochs = (80,)  # The rate never drops.
   config.model.update(conv_features=(8, 16, 24, 24, 16), fc_features=(64, 64))
   workdir = str(tmp_path / "fit")
@@ -89,8 +99,9 @@ def test_the_program_fits_its_training_set(smoke_dirs, tmp_path):
   mesh = parallel.make_mesh(1, 2)
   params, _ = eval_lib.restore_params(workdir, config, mesh)
   data = run_data.Data(config, mesh)
-  fit = eval_lib.evaluate([(config, params)], mesh,
-                          data.eval_batches("train", "center"))
+  fit = eval_lib.evaluate(
+      [(config, params)], mesh, data.eval_batches("train", "center")
+  )
   assert fit["count"] == 80
   assert fit["top5_error"] < 0.2, fit
   assert fit["top1_error"] < 0.8, fit
@@ -104,9 +115,20 @@ def test_neighbors_command_on_the_smoke_run(uninterrupted, tmp_path):
   for mesh_model in (1, 2):
     out = str(tmp_path / f"model{mesh_model}")
     proc = subprocess.run(
-        [sys.executable, "-m", "alexnet_jax.neighbors", f"--workdir={workdir}",
-         f"--output_dir={out}", f"--mesh_model={mesh_model}", "--show=4"],
-        cwd=helpers.REPO_ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "alexnet_jax.neighbors",
+            f"--workdir={workdir}",
+            f"--output_dir={out}",
+            f"--mesh_model={mesh_model}",
+            "--show=4",
+        ],
+        cwd=helpers.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"wrote {out}/neighbors.png" in proc.stdout
     with open(os.path.join(out, "neighbors.json")) as f:
@@ -118,7 +140,10 @@ def test_neighbors_command_on_the_smoke_run(uninterrupted, tmp_path):
   first = results[0]
   # 30 test images, 80 training images, fc7 of 2 towers x 16 units.
   assert (first["queries"], first["train_images"], first["feature_dim"]) == (
-      30, 80, 32)
+      30,
+      80,
+      32,
+  )
   assert 0.0 <= first["feature_same_label"] <= 1.0
   assert 0.0 <= first["pixel_same_label"] <= 1.0
   assert np.shape(first["shown"]["feature_neighbor_labels"]) == (4, 6)
@@ -133,19 +158,26 @@ def test_steps_schedule_rates_in_a_real_run(uninterrupted):
   The rate each logged step used, as the program recorded it.
   """
   assert scalars(uninterrupted[0], "train/learning_rate") == pytest.approx(
-      {2: 0.02, 4: 0.02, 6: 0.002, 8: 0.002, 10: 0.002})
+      {2: 0.02, 4: 0.02, 6: 0.002, 8: 0.002, 10: 0.002}
+  )
 
 
 def _plateau_config(smoke_dirs, num_epochs):
   """A rule that always sees a plateau: a drop at epoch 2, the stop at 4."""
   config = smoke_config(smoke_dirs, num_epochs=num_epochs, log_every_steps=1)
-  config.optim.update(schedule="plateau", max_drops=1, patience_epochs=1,
-                      min_epochs_per_rate=1, min_improvement=1.0)
+  config.optim.update(
+      schedule="plateau",
+      max_drops=1,
+      patience_epochs=1,
+      min_epochs_per_rate=1,
+      min_improvement=1.0,
+  )
   return config
 
 
 def test_plateau_drops_are_logged_and_recorded_survive_a_resume_and_stop(
-    smoke_dirs, tmp_path, caplog):
+    smoke_dirs, tmp_path, caplog
+):
   """The paper's schedule end to end, stopped after the drop and resumed.
 
   The first run ends at epoch 3, after the drop at epoch 2; the second,
@@ -159,12 +191,10 @@ def test_plateau_drops_are_logged_and_recorded_survive_a_resume_and_stop(
   assert "learning rate 0.02 -> 0.002 (drop 1 of 1)" in caplog.text
   caplog.clear()
   with caplog.at_level(logging.INFO):
-    results = train.train_and_evaluate(_plateau_config(smoke_dirs, 5),
-                                       workdir)
+    results = train.train_and_evaluate(_plateau_config(smoke_dirs, 5), workdir)
   assert "resumed from step 15" in caplog.text
   with open(os.path.join(workdir, "results.json")) as f:
-    assert json.load(f)["learning_rate_drops"] == results[
-        "learning_rate_drops"]
+    assert json.load(f)["learning_rate_drops"] == results["learning_rate_drops"]
   assert results["step"] == 20  # Stopped at epoch 4 of 5.
   (drop,) = results["learning_rate_drops"]
   assert drop == first["learning_rate_drops"][0]
@@ -172,17 +202,21 @@ def test_plateau_drops_are_logged_and_recorded_survive_a_resume_and_stop(
   assert drop["new_learning_rate"] == pytest.approx(0.002)  # 0.02 / 10.
   assert 0.0 <= drop["val_error"] <= 1.0
   assert drop["mean_error"] == drop["val_error"]  # A 1-epoch window.
-  assert (results["plateau_stop"]["epoch"],
-          results["plateau_stop"]["step"]) == (4.0, 20)
+  assert (
+      results["plateau_stop"]["epoch"],
+      results["plateau_stop"]["step"],
+  ) == (4.0, 20)
   assert "plateau with all 1 drops done" in caplog.text
   # The rate of every step, both runs: 0.02 up to the drop, then 0.002.
   rates = scalars(workdir, "train/learning_rate")
   assert rates == pytest.approx(
-      {s: 0.02 if s <= 10 else 0.002 for s in range(1, 21)})
+      {s: 0.02 if s <= 10 else 0.002 for s in range(1, 21)}
+  )
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
-    smoke_dirs, tmp_path, caplog):
+    smoke_dirs, tmp_path, caplog
+):
   workdir = str(tmp_path / "nan")
   train.train_and_evaluate(smoke_config(smoke_dirs, num_epochs=1), workdir)
   assert checkpoint.Checkpointer(workdir).latest_step() == 5
@@ -190,17 +224,21 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
   config.optim.learning_rate = 1e30
   # Resumed at step 5: step 6 uses the rate (its loss is still finite),
   # step 7's loss is not.
-  with caplog.at_level(logging.INFO), pytest.raises(
-      train.TrainingError,
-      match=r"loss is (nan|inf) at step 7: .*step 5\) is kept"):
+  with (
+      caplog.at_level(logging.INFO),
+      pytest.raises(
+          train.TrainingError,
+          match=r"loss is (nan|inf) at step 7: .*step 5\) is kept",
+      ),
+  ):
     train.train_and_evaluate(config, workdir)
   assert "resumed from step 5" in caplog.text
   assert checkpoint.Checkpointer(workdir).latest_step() == 5
 
 
-def test_evaluate_imported_npz_equals_its_checkpoint(smoke_dirs,
-                                                     uninterrupted,
-                                                     tmp_path):
+def test_evaluate_imported_npz_equals_its_checkpoint(
+    smoke_dirs, uninterrupted, tmp_path
+):
   """Exported weights, evaluated from the .npz, give the workdir's errors."""
   workdir = uninterrupted[0]
   config = smoke_config(smoke_dirs)
@@ -209,11 +247,23 @@ def test_evaluate_imported_npz_equals_its_checkpoint(smoke_dirs,
   weights.export_npz(npz, params)
   output = tmp_path / "npz.json"
   proc = subprocess.run(
-      [sys.executable, "-m", "alexnet_jax.evaluate", f"--npz={npz}",
-       "--config=configs/demo.py:smoke", f"--config.data_dir={smoke_dirs[0]}",
-       f"--config.manual_dir={smoke_dirs[1]}", "--config.cpu_devices=2",
-       "--crops=center", f"--output={output}"],
-      cwd=helpers.REPO_ROOT, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "alexnet_jax.evaluate",
+          f"--npz={npz}",
+          "--config=configs/demo.py:smoke",
+          f"--config.data_dir={smoke_dirs[0]}",
+          f"--config.manual_dir={smoke_dirs[1]}",
+          "--config.cpu_devices=2",
+          "--crops=center",
+          f"--output={output}",
+      ],
+      cwd=helpers.REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   got = json.loads(output.read_text())["results"]["validation"]["center"]
   with open(os.path.join(workdir, "results.json")) as f:

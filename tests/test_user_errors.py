@@ -35,7 +35,8 @@ def tree_digest(root: str) -> dict[str, str]:
       path = os.path.join(folder, name)
       with open(path, "rb") as f:
         digest[os.path.relpath(path, root)] = hashlib.sha256(
-            f.read()).hexdigest()
+            f.read()
+        ).hexdigest()
   return digest
 
 
@@ -45,9 +46,15 @@ def run_cli(module: str, args: list[str], tmp_path) -> tuple[int, str]:
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   env.pop("XLA_FLAGS", None)
   with open(out, "w") as stdout, open(err, "w") as stderr:
-    proc = subprocess.run([sys.executable, "-m", module, *args],
-                          cwd=helpers.REPO_ROOT, env=env, stdout=stdout,
-                          stderr=stderr, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=helpers.REPO_ROOT,
+        env=env,
+        stdout=stdout,
+        stderr=stderr,
+        timeout=600,
+        check=False,
+    )
   return proc.returncode, err.read_text()
 
 
@@ -72,7 +79,8 @@ def npz_file(tmp_path, kind: str) -> str:
   config = demo.get_config("smoke").model
   shapes = model_lib.param_shapes(config)
   arrays = weights.to_caffe_layout(
-      jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+      jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  )
   if kind == "wrong_keys":
     arrays["fc9.weight"] = arrays.pop("fc8.weight")
   elif kind == "wrong_shape":
@@ -84,77 +92,198 @@ def npz_file(tmp_path, kind: str) -> str:
 # (name, module, arguments, what the message must contain). WORKDIR and NPZ
 # are filled in per case.
 CASES = [
-    ("override typo", "main", [SMOKE, "--config.batch_szie=3"],
-     ["--config.batch_szie=3", "batch_size"]),
-    ("override of the wrong type", "main", [SMOKE, "--config.batch_size=abc"],
-     ["--config.batch_size=abc"]),
-    ("unknown config argument", "main",
-     ["--config=configs/demo.py:smoke,no_such_switch"],
-     ["no_such_switch", "known"]),
-    ("missing config file", "main", ["--config=configs/nothing.py"],
-     ["configs/nothing.py"]),
+    (
+        "override typo",
+        "main",
+        [SMOKE, "--config.batch_szie=3"],
+        ["--config.batch_szie=3", "batch_size"],
+    ),
+    (
+        "override of the wrong type",
+        "main",
+        [SMOKE, "--config.batch_size=abc"],
+        ["--config.batch_size=abc"],
+    ),
+    (
+        "unknown config argument",
+        "main",
+        ["--config=configs/demo.py:smoke,no_such_switch"],
+        ["no_such_switch", "known"],
+    ),
+    (
+        "missing config file",
+        "main",
+        ["--config=configs/nothing.py"],
+        ["configs/nothing.py"],
+    ),
     ("no --config", "main", [], ["--config"]),
     ("unknown flag", "main", [SMOKE, "--wrokdir=x"], ["wrokdir"]),
     ("positional argument", "main", [SMOKE, "extra"], ["extra"]),
-    ("evaluation every 0 epochs", "main",
-     [SMOKE, "--config.eval_every_epochs=0"], ["eval_every_epochs=0"]),
-    ("negative batch", "main", [SMOKE, "--config.batch_size=-4"],
-     ["batch_size=-4"]),
-    ("unknown schedule", "main", [SMOKE, "--config.optim.schedule=cosine"],
-     ["optim.schedule='cosine'", "plateau"]),
-    ("boundaries not increasing", "main",
-     [SMOKE, "--config.optim.schedule=steps",
-      "--config.optim.boundary_epochs=(2,1)"], ["optim.boundary_epochs"]),
-    ("repeated boundaries", "main",
-     [SMOKE, "--config.optim.schedule=steps",
-      "--config.optim.boundary_epochs=(1,1)"], ["distinct"]),
-    ("plateau without a validation split", "main",
-     [SMOKE, "--config.optim.schedule=plateau", "--config.eval_split="],
-     ["eval_split", "optim.schedule=steps"]),
-    ("unknown crops", "main", [SMOKE, "--config.final_eval_crops=('five',)"],
-     ["final_eval_crops", "center"]),
-    ("dropout rate 1", "main", [SMOKE, "--config.model.dropout_rate=1.0"],
-     ["model.dropout_rate=1.0"]),
-    ("unknown dtype", "main", [SMOKE, "--config.model.dtype=float16"],
-     ["model.dtype", "bfloat16"]),
-    ("impossible model axis", "main", [SMOKE, "--config.mesh.model=3"],
-     ["mesh.model=3", "[1, 2]"]),
-    ("two towers on one CPU device", "main",
-     [SMOKE, "--config.cpu_devices=1", "--config.mesh.data=-1"],
-     ["mesh.data=-1", "--config.cpu_devices=2", "--config.mesh.model=1"]),
-    ("batch not divisible by the data axis", "main",
-     [SMOKE, "--config.cpu_devices=4", "--config.mesh.data=2",
-      "--config.batch_size=15"], ["batch size 15", "mesh.data=2"]),
-    ("missing mean image file", "main",
-     [SMOKE, "--config.mean_image_file=NOFILE"],
-     ["mean_image_file=", "NOFILE", "--mean_out", "--config.mean_image_file="]),
-    ("workdir under a file", "main", [SMOKE, "--workdir=FILE/sub"],
-     ["--workdir=", "cannot be created"]),
-    ("missing release files", "main",
-     ["--config=configs/ilsvrc2010.py", "--config.cpu_devices=2",
-      "--config.data_dir=EMPTY/tfds", "--config.manual_dir=EMPTY"],
-     ["ILSVRC2010_images_train.tar", "EMPTY"]),
-    ("evaluate: not a workdir", "evaluate", ["--workdir=EMPTY"],
-     ["not a training workdir", "config.json"]),
+    (
+        "evaluation every 0 epochs",
+        "main",
+        [SMOKE, "--config.eval_every_epochs=0"],
+        ["eval_every_epochs=0"],
+    ),
+    (
+        "negative batch",
+        "main",
+        [SMOKE, "--config.batch_size=-4"],
+        ["batch_size=-4"],
+    ),
+    (
+        "unknown schedule",
+        "main",
+        [SMOKE, "--config.optim.schedule=cosine"],
+        ["optim.schedule='cosine'", "plateau"],
+    ),
+    (
+        "boundaries not increasing",
+        "main",
+        [
+            SMOKE,
+            "--config.optim.schedule=steps",
+            "--config.optim.boundary_epochs=(2,1)",
+        ],
+        ["optim.boundary_epochs"],
+    ),
+    (
+        "repeated boundaries",
+        "main",
+        [
+            SMOKE,
+            "--config.optim.schedule=steps",
+            "--config.optim.boundary_epochs=(1,1)",
+        ],
+        ["distinct"],
+    ),
+    (
+        "plateau without a validation split",
+        "main",
+        [SMOKE, "--config.optim.schedule=plateau", "--config.eval_split="],
+        ["eval_split", "optim.schedule=steps"],
+    ),
+    (
+        "unknown crops",
+        "main",
+        [SMOKE, "--config.final_eval_crops=('five',)"],
+        ["final_eval_crops", "center"],
+    ),
+    (
+        "dropout rate 1",
+        "main",
+        [SMOKE, "--config.model.dropout_rate=1.0"],
+        ["model.dropout_rate=1.0"],
+    ),
+    (
+        "unknown dtype",
+        "main",
+        [SMOKE, "--config.model.dtype=float16"],
+        ["model.dtype", "bfloat16"],
+    ),
+    (
+        "impossible model axis",
+        "main",
+        [SMOKE, "--config.mesh.model=3"],
+        ["mesh.model=3", "[1, 2]"],
+    ),
+    (
+        "two towers on one CPU device",
+        "main",
+        [SMOKE, "--config.cpu_devices=1", "--config.mesh.data=-1"],
+        ["mesh.data=-1", "--config.cpu_devices=2", "--config.mesh.model=1"],
+    ),
+    (
+        "batch not divisible by the data axis",
+        "main",
+        [
+            SMOKE,
+            "--config.cpu_devices=4",
+            "--config.mesh.data=2",
+            "--config.batch_size=15",
+        ],
+        ["batch size 15", "mesh.data=2"],
+    ),
+    (
+        "missing mean image file",
+        "main",
+        [SMOKE, "--config.mean_image_file=NOFILE"],
+        [
+            "mean_image_file=",
+            "NOFILE",
+            "--mean_out",
+            "--config.mean_image_file=",
+        ],
+    ),
+    (
+        "workdir under a file",
+        "main",
+        [SMOKE, "--workdir=FILE/sub"],
+        ["--workdir=", "cannot be created"],
+    ),
+    (
+        "missing release files",
+        "main",
+        [
+            "--config=configs/ilsvrc2010.py",
+            "--config.cpu_devices=2",
+            "--config.data_dir=EMPTY/tfds",
+            "--config.manual_dir=EMPTY",
+        ],
+        ["ILSVRC2010_images_train.tar", "EMPTY"],
+    ),
+    (
+        "evaluate: not a workdir",
+        "evaluate",
+        ["--workdir=EMPTY"],
+        ["not a training workdir", "config.json"],
+    ),
     ("evaluate: nothing to evaluate", "evaluate", [], ["--workdir", "--npz"]),
-    ("evaluate: unknown crops", "evaluate", ["--workdir=WORKDIR",
-                                             "--crops=five"], ["five"]),
-    ("evaluate: missing npz", "evaluate", [SMOKE, "--npz=NOFILE"],
-     ["no such file"]),
-    ("evaluate: npz with wrong keys", "evaluate", [SMOKE, "--npz=wrong_keys"],
-     ["fc9.weight"]),
-    ("evaluate: npz with a wrong shape", "evaluate",
-     [SMOKE, "--npz=wrong_shape"], ["conv2"]),
-    ("evaluate: not an npz", "evaluate", [SMOKE, "--npz=not_npz"],
-     ["not a readable .npz"]),
+    (
+        "evaluate: unknown crops",
+        "evaluate",
+        ["--workdir=WORKDIR", "--crops=five"],
+        ["five"],
+    ),
+    (
+        "evaluate: missing npz",
+        "evaluate",
+        [SMOKE, "--npz=NOFILE"],
+        ["no such file"],
+    ),
+    (
+        "evaluate: npz with wrong keys",
+        "evaluate",
+        [SMOKE, "--npz=wrong_keys"],
+        ["fc9.weight"],
+    ),
+    (
+        "evaluate: npz with a wrong shape",
+        "evaluate",
+        [SMOKE, "--npz=wrong_shape"],
+        ["conv2"],
+    ),
+    (
+        "evaluate: not an npz",
+        "evaluate",
+        [SMOKE, "--npz=not_npz"],
+        ["not a readable .npz"],
+    ),
     # TRAINED: a copy of the trained smoke workdir (conftest.uninterrupted);
     # DAMAGED: the same copy, its latest checkpoint's largest files cut in
     # half after it was written.
-    ("checkpoint of another model", "main",
-     [SMOKE, "--workdir=TRAINED", "--config.model.fc_features=(32,32)"],
-     ["different model", "TRAINED"]),
-    ("checkpoint damaged after it was written", "main",
-     [SMOKE, "--workdir=DAMAGED"], ["step 10", "DAMAGED", "damaged"]),
+    (
+        "checkpoint of another model",
+        "main",
+        [SMOKE, "--workdir=TRAINED", "--config.model.fc_features=(32,32)"],
+        ["different model", "TRAINED"],
+    ),
+    (
+        "checkpoint damaged after it was written",
+        "main",
+        [SMOKE, "--workdir=DAMAGED"],
+        ["step 10", "DAMAGED", "damaged"],
+    ),
 ]
 
 
@@ -166,34 +295,47 @@ def trained_workdir(request, tmp_path, damaged: bool) -> tuple[str, list]:
   shutil.copytree(source, path)  # Never change the shared one.
   if damaged:
     step_dir = os.path.join(path, "checkpoints", "10")
-    files = sorted((os.path.getsize(os.path.join(d, f)), os.path.join(d, f))
-                   for d, _, names in os.walk(step_dir) for f in names)
+    files = sorted(
+        (os.path.getsize(os.path.join(d, f)), os.path.join(d, f))
+        for d, _, names in os.walk(step_dir)
+        for f in names
+    )
     for size, file in files[-3:]:
       os.truncate(file, size // 2)
-  return path, [f"--config.data_dir={smoke_dirs[0]}",
-                f"--config.manual_dir={smoke_dirs[1]}"]
+  return path, [
+      f"--config.data_dir={smoke_dirs[0]}",
+      f"--config.manual_dir={smoke_dirs[1]}",
+  ]
 
 
-@pytest.mark.parametrize("name,module,args,needles", CASES,
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    "name,module,args,needles", CASES, ids=[c[0] for c in CASES]
+)
 def test_user_error(request, tmp_path, workdir, name, module, args, needles):
   del name
   (tmp_path / "a_file").write_text("")
   (tmp_path / "empty").mkdir()
-  fill = {"WORKDIR": str(workdir), "FILE": str(tmp_path / "a_file"),
-          "EMPTY": str(tmp_path / "empty"),
-          "NOFILE": str(tmp_path / "none.npz")}
+  fill = {
+      "WORKDIR": str(workdir),
+      "FILE": str(tmp_path / "a_file"),
+      "EMPTY": str(tmp_path / "empty"),
+      "NOFILE": str(tmp_path / "none.npz"),
+  }
   args = list(args)
   for key in ("TRAINED", "DAMAGED"):
     if f"--workdir={key}" in args:
-      fill[key], data_flags = trained_workdir(request, tmp_path,
-                                              key == "DAMAGED")
+      fill[key], data_flags = trained_workdir(
+          request, tmp_path, key == "DAMAGED"
+      )
       workdir = fill[key]
       args += data_flags
   before = tree_digest(str(workdir))
   for i, arg in enumerate(args):
-    if arg.startswith("--npz=") and arg[6:] in ("wrong_keys", "wrong_shape",
-                                                "not_npz"):
+    if arg.startswith("--npz=") and arg[6:] in (
+        "wrong_keys",
+        "wrong_shape",
+        "not_npz",
+    ):
       args[i] = "--npz=" + npz_file(tmp_path, arg[6:])
     for key, value in fill.items():
       args[i] = args[i].replace(f"={key}", f"={value}")
@@ -205,7 +347,7 @@ def test_user_error(request, tmp_path, workdir, name, module, args, needles):
   # The message: from the last line that starts with "error: " to the end
   # (a list of missing files spans several lines).
   assert "\nerror: " in "\n" + stderr, stderr
-  message = stderr[stderr.rfind("error: "):]
+  message = stderr[stderr.rfind("error: ") :]
   for needle in needles:
     assert fill.get(needle, needle) in message, (needle, stderr)
   assert tree_digest(str(workdir)) == before

@@ -111,6 +111,7 @@ IMAGENET2012_HELP = (
     "directory."
 )
 
+
 def get_builder(
     name: str,
     *,
@@ -139,7 +140,10 @@ def get_builder(
   allowed = {
       "ilsvrc2010": {"image_size", "skip_corrupt_images", "num_workers"},
       "ilsvrc2010_mini": {
-          "num_classes", "image_size", "skip_corrupt_images", "num_workers"
+          "num_classes",
+          "image_size",
+          "skip_corrupt_images",
+          "num_workers",
       },
       "imagenet2012": set(),
       "imagenette": {"config"},
@@ -188,7 +192,8 @@ def check_manual_files(
     release.check_manual_dir(manual_dir)
   elif builder.name == "imagenet2012":
     missing = [
-        f for f in IMAGENET2012_FILES
+        f
+        for f in IMAGENET2012_FILES
         if not os.path.isfile(os.path.join(manual_dir, f))
     ]
     if missing:

@@ -23,7 +23,6 @@ from alexnet_jax.data.release import ArchiveError
 from alexnet_jax.data.release import Ilsvrc2010Error
 from alexnet_jax.data.release import ReleaseFormatError
 
-
 # What reading a damaged archive can raise: tarfile.ReadError (a short
 # member, a bad first header), EOFError and zlib.error (a cut or damaged
 # gzip stream), gzip.BadGzipFile and other OSErrors.
@@ -31,8 +30,7 @@ _ARCHIVE_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
 @contextlib.contextmanager
-def archive_errors(path: str,
-                   member: Callable[[], str | None] = lambda: None):
+def archive_errors(path: str, member: Callable[[], str | None] = lambda: None):
   """Turns read errors of the archive at `path` into `ArchiveError`.
 
   Args:
@@ -99,7 +97,7 @@ def find_member(names: Sequence[str], wanted: str, path: str) -> str:
     parts = member_parts(name)
     if parts == wanted_parts:
       by_rank[0].append(name)
-    elif parts[-len(wanted_parts):] == wanted_parts:
+    elif parts[-len(wanted_parts) :] == wanted_parts:
       by_rank[1].append(name)
     elif parts and parts[-1] == wanted_parts[-1]:
       by_rank[2].append(name)

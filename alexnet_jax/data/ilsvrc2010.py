@@ -98,7 +98,9 @@ class Ilsvrc2010(tfds.core.GeneratorBasedBuilder):
   DEFAULT_BUILDER_CONFIG_NAME = PAPER_CONFIG.name
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Put these ILSVRC-2010 release files, unextracted, in the manual "
-      "directory: " + ", ".join(release.REQUIRED_FILES) + ". "
+      "directory: "
+      + ", ".join(release.REQUIRED_FILES)
+      + ". "
       + release.DOWNLOAD_HELP
   )
 
@@ -144,17 +146,19 @@ class Ilsvrc2010(tfds.core.GeneratorBasedBuilder):
             "CMYK, grayscale and gzip-compressed JPEGs decoded to RGB. "
             "label = ILSVRC2010_ID - 1."
         ),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(
-                shape=(size, size, 3), encoding_format="jpeg"
-            ),
-            "label": tfds.features.ClassLabel(
-                num_classes=self.builder_config.num_classes
-            ),
-            "class_name": tfds.features.Text(),  # meta.mat `words`
-            "wnid": tfds.features.Text(),
-            "file_name": tfds.features.Text(),
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(
+                    shape=(size, size, 3), encoding_format="jpeg"
+                ),
+                "label": tfds.features.ClassLabel(
+                    num_classes=self.builder_config.num_classes
+                ),
+                "class_name": tfds.features.Text(),  # meta.mat `words`
+                "wnid": tfds.features.Text(),
+                "file_name": tfds.features.Text(),
+            }
+        ),
         supervised_keys=("image", "label"),
         homepage="https://image-net.org/challenges/LSVRC/2010/",
     )
@@ -164,7 +168,8 @@ class Ilsvrc2010(tfds.core.GeneratorBasedBuilder):
     # Before any work: name every missing file, in our words.
     release.check_manual_dir(manual_dir)
     meta = release_metadata.load_release_metadata(
-        manual_dir, self.builder_config.num_classes)
+        manual_dir, self.builder_config.num_classes
+    )
     self.skipped_images = []
     return {
         split: self._generate_examples(manual_dir, split, meta)

@@ -41,11 +41,18 @@ TEST_TAR = "ILSVRC2010_images_test.tar"
 DEVKIT_TAR = "ILSVRC2010_devkit-1.0.tar.gz"
 TEST_GROUND_TRUTH = "ILSVRC2010_test_ground_truth.txt"
 PATCH_TAR = "patch_images.tar"
-REQUIRED_FILES = (TRAIN_TAR, VAL_TAR, TEST_TAR, DEVKIT_TAR, TEST_GROUND_TRUTH,
-                  PATCH_TAR)
+REQUIRED_FILES = (
+    TRAIN_TAR,
+    VAL_TAR,
+    TEST_TAR,
+    DEVKIT_TAR,
+    TEST_GROUND_TRUTH,
+    PATCH_TAR,
+)
 META_MEMBER = "devkit-1.0/data/meta.mat"
 VAL_GROUND_TRUTH_MEMBER = (
-    "devkit-1.0/data/ILSVRC2010_validation_ground_truth.txt")
+    "devkit-1.0/data/ILSVRC2010_validation_ground_truth.txt"
+)
 
 # Split name -> (image archive, directory of its patches in
 # patch_images.tar).
@@ -94,8 +101,10 @@ class MissingManualFilesError(Ilsvrc2010Error, FileNotFoundError):
     lines = [
         f"{dataset}: {len(self.missing)} release file(s) missing from the "
         f"manual directory {where}:",
-        *(f"  - {f}  (looked for {os.path.join(self.manual_dir, f)})"
-          for f in self.missing),
+        *(
+            f"  - {f}  (looked for {os.path.join(self.manual_dir, f)})"
+            for f in self.missing
+        ),
         *([hint] if hint else []),
         download_help,
     ]
@@ -144,7 +153,8 @@ class ArchiveError(ReleaseFormatError):
 def missing_manual_files(manual_dir: os.PathLike | str) -> list[str]:
   """Returns the release files that are not in `manual_dir`, in order."""
   return [
-      f for f in REQUIRED_FILES
+      f
+      for f in REQUIRED_FILES
       if not os.path.isfile(os.path.join(manual_dir, f))
   ]
 

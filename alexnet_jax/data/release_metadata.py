@@ -56,8 +56,14 @@ _REDOWNLOAD_DEVKIT = (
     "(ILSVRC2010_devkit-1.0.tar.gz) again."
 )
 _SYNSET_FIELDS = (
-    "ILSVRC2010_ID", "WNID", "words", "gloss", "num_children", "children",
-    "wordnet_height", "num_train_images",
+    "ILSVRC2010_ID",
+    "WNID",
+    "words",
+    "gloss",
+    "num_children",
+    "children",
+    "wordnet_height",
+    "num_train_images",
 )
 
 
@@ -144,8 +150,12 @@ def parse_meta_mat(data: bytes, source: str = "meta.mat") -> list[Synset]:
       field = "children"
       children = tuple(_mat_int(c) for c in np.asarray(s[field]).reshape(-1))
       values = {}
-      for field in ("ILSVRC2010_ID", "num_children", "wordnet_height",
-                    "num_train_images"):
+      for field in (
+          "ILSVRC2010_ID",
+          "num_children",
+          "wordnet_height",
+          "num_train_images",
+      ):
         values[field] = _mat_int(s[field])
       for field in ("WNID", "words", "gloss"):
         values[field] = _mat_str(s[field])
@@ -271,8 +281,12 @@ class ReleaseMetadata:
 # --- Patches. ---
 # The directories a patch can sit in, by split (fuel's converter: the
 # directory just above the file).
-_PATCH_DIRS = {"train": "train", "val": "val", "validation": "val",
-               "test": "test"}
+_PATCH_DIRS = {
+    "train": "train",
+    "val": "val",
+    "validation": "val",
+    "test": "test",
+}
 _IMAGE_EXTENSIONS = (".jpeg", ".jpg")
 
 
@@ -308,8 +322,11 @@ def read_patches(path: str) -> dict[str, dict[str, bytes]]:
     if not parts or not _is_image_name(parts[-1]):
       continue
     split = next(
-        (_PATCH_DIRS[p.lower()] for p in reversed(parts[:-1])
-         if p.lower() in _PATCH_DIRS),
+        (
+            _PATCH_DIRS[p.lower()]
+            for p in reversed(parts[:-1])
+            if p.lower() in _PATCH_DIRS
+        ),
         None,
     )
     if split is None:
@@ -326,7 +343,10 @@ def read_patches(path: str) -> dict[str, dict[str, bytes]]:
   if unplaced:
     logging.warning(
         "%s: ignored %d image(s) under no train/, val/ or test/ directory: "
-        "%s", path, len(unplaced), ", ".join(unplaced[:10]),
+        "%s",
+        path,
+        len(unplaced),
+        ", ".join(unplaced[:10]),
     )
   return patches
 
@@ -361,7 +381,8 @@ def load_release_metadata(
   release.check_manual_dir(manual_dir)
   devkit_path = os.path.join(manual_dir, release.DEVKIT_TAR)
   devkit = archives.read_members(
-      devkit_path, [release.META_MEMBER, release.VAL_GROUND_TRUTH_MEMBER])
+      devkit_path, [release.META_MEMBER, release.VAL_GROUND_TRUTH_MEMBER]
+  )
   meta_source = f"{devkit_path}:{release.META_MEMBER}"
   classes = class_synsets(
       parse_meta_mat(devkit[release.META_MEMBER], source=meta_source),

@@ -235,8 +235,14 @@ def resize_and_center_crop(image: Image.Image, size: int) -> Image.Image:
 # "image file is truncated" (OSError), SyntaxError from some plugins,
 # DecompressionBombError (a corrupt header claiming a huge size), gzip's
 # BadGzipFile (OSError), EOFError and zlib.error.
-_DECODE_ERRORS = (OSError, ValueError, EOFError, zlib.error, SyntaxError,
-                  Image.DecompressionBombError)
+_DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    zlib.error,
+    SyntaxError,
+    Image.DecompressionBombError,
+)
 
 
 def process_image(raw: RawImage, image_size: int) -> bytes:

@@ -22,14 +22,15 @@ LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 def compiled_step_text(config, mesh_shape=(1, 2)):
   """(HLO text of the compiled train step, its layers, the kernel table)."""
   mesh = parallel.make_mesh(*mesh_shape)
-  state, shardings = steps_lib.create_train_state(config, jax.random.key(0),
-                                                  mesh)
+  state, shardings = steps_lib.create_train_state(
+      config, jax.random.key(0), mesh
+  )
   step = steps_lib.make_train_step(config, mesh, shardings)
   batch = parallel.shard_batch(train_step.random_batch(config, 4), mesh)
   text = step.lower(state, batch).compile().as_text()
   kernels = op_profile.kernel_layers(
-      config.model, parallel.towers_per_device(mesh,
-                                               config.model.num_towers))
+      config.model, parallel.towers_per_device(mesh, config.model.num_towers)
+  )
   return text, tuple(state.params), kernels
 
 
@@ -75,23 +76,40 @@ def test_lrn_whose_name_is_lost_is_an_error(two_towers):
 
 
 def test_a_model_without_conv4_or_lrn_is_named():
-  text, layers, kernels = compiled_step_text(helpers.tiny_config(
-      remove_conv4=True, lrn=dict(enabled=False, convention="paper", k=2.0,
-                                  n=5, alpha=1e-4, beta=0.75)))
+  text, layers, kernels = compiled_step_text(
+      helpers.tiny_config(
+          remove_conv4=True,
+          lrn=dict(
+              enabled=False,
+              convention="paper",
+              k=2.0,
+              n=5,
+              alpha=1e-4,
+              beta=0.75,
+          ),
+      )
+  )
   assert "conv4" not in layers
-  op_profile.check_names(op_profile.op_groups(text, 2, kernels), layers,
-                         lrn=False)
+  op_profile.check_names(
+      op_profile.op_groups(text, 2, kernels), layers, lrn=False
+  )
 
 
 def test_gpu_library_calls_are_convolutions_and_matmuls():
   """cuDNN convolutions and cuBLAS matmuls (custom calls on GPUs)."""
   meta = 'metadata={op_name="jit(train_step)/jvp()/shard_map/AlexNet/%s"}'
-  conv = ('  %c = (f32[4,55,55,48]{3,2,1,0}, u8[0]{0}) custom-call(%x, %k), '
-          'custom_call_target="__cudnn$convForward", ' +
-          meta % "conv1/conv_general_dilated")
-  gemm = ('  %g = (f32[4,16]{1,0}, s8[0]{0}) custom-call(%x, %k), '
-          'custom_call_target="__cublas$gemm", ' +
-          meta % "fc6/bti,tio->bo/dot_general")
+  conv = (
+      "  %c = (f32[4,55,55,48]{3,2,1,0}, u8[0]{0}) custom-call(%x, %k), "
+      'custom_call_target="__cudnn$convForward", '
+      + meta % "conv1/conv_general_dilated"
+  )
+  gemm = (
+      "  %g = (f32[4,16]{1,0}, s8[0]{0}) custom-call(%x, %k), "
+      'custom_call_target="__cublas$gemm", '
+      + meta % "fc6/bti,tio->bo/dot_general"
+  )
   text = f"HloModule m\n\nENTRY %main {{\n{conv}\n{gemm}\n}}\n"
-  assert op_profile.op_groups(text, 1) == {"c": "conv conv1 fwd",
-                                           "g": "matmul fc6 fwd"}
+  assert op_profile.op_groups(text, 1) == {
+      "c": "conv conv1 fwd",
+      "g": "matmul fc6 fwd",
+  }
