@@ -44,10 +44,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 import ml_collections
 
+from alexnet_jax import layers
 from alexnet_jax import parallel
 
 Array = jax.Array
-Initializer = Callable[..., Array]
 
 # Names of the layers in order.
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -163,56 +163,13 @@ def _init_constants(init: str) -> dict[str, tuple[float, float]]:
   return {k: (std[k], bias[k]) for k in std}
 
 
-def conv_out_size(size: int, kernel: int, stride: int, pad: int = 0) -> int:
-  """Output size of a convolution that rounds up like cuda-convnet.
-
-  1 + ceil((size + 2 * pad - kernel) / stride). For conv1 at 224 this gives
-  55, which equals padding the bottom/right edge by 3.
-  """
-  return 1 + math.ceil((size + 2 * pad - kernel) / stride)
-
-
-def conv1_padding(image_size: int) -> int:
-  """Rows (and columns) of zeros conv1 adds at the bottom (right) edge.
-
-  The authors' output-size rounding (`conv_out_size`) as explicit padding of
-  the far edges only: 3 at 224 (-> 55x55), 0 at 227 (docs/paper.md "224 or
-  227").
-  """
-  return (conv_out_size(image_size, 11, 4) - 1) * 4 + 11 - image_size
-
-
-def pool_out_size(size: int, window: int, stride: int) -> int:
-  return (size - window) // stride + 1
-
-
-def spatial_sizes(
-    image_size: int, pool_window: int = 3, pool_stride: int = 2
-) -> dict[str, int]:
-  """Spatial size after each stage: 224 -> 55, 27, 13, 13, 13, 6."""
-  conv1 = conv_out_size(image_size, 11, 4)
-  pool1 = pool_out_size(conv1, pool_window, pool_stride)
-  pool2 = pool_out_size(pool1, pool_window, pool_stride)
-  pool5 = pool_out_size(pool2, pool_window, pool_stride)
-  return dict(
-      conv1=conv1,
-      pool1=pool1,
-      conv2=pool1,
-      pool2=pool2,
-      conv3=pool2,
-      conv4=pool2,
-      conv5=pool2,
-      pool5=pool5,
-  )
-
-
 def _fan_ins(config: ml_collections.ConfigDict) -> dict[str, int]:
   """Inputs per unit of each layer (all towers' inputs where a layer reads
   both: conv3, fc6, fc7, fc8)."""
   towers = config.num_towers
   c1, c2, c3, c4, c5 = config.conv_features
   f6, f7 = config.fc_features
-  pool5 = spatial_sizes(
+  pool5 = layers.spatial_sizes(
       config.image_size, config.pool_window, config.pool_stride
   )["pool5"]
   fan_ins = dict(
@@ -253,164 +210,7 @@ def layer_init(
   return {name: consts[name] for name in fan_ins}
 
 
-def local_response_norm(
-    x: Array,
-    towers: int,
-    *,
-    convention: str,
-    k: float,
-    n: int,
-    alpha: float,
-    beta: float,
-    across_towers: bool = False,
-    axis_name: str | None = None,
-) -> Array:
-  """LRN across channels, within each tower (§3.3), computed in float32.
-
-  b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta
-  where N is a tower's channel count. convention="caffe" uses alpha / n
-  (docs/paper.md "LRN").
-
-  `across_towers=True` (Caffe's bvlc_alexnet): N is the layer's channel
-  count, all towers together; `x` holds this device's `towers` towers, and
-  the channels next to them come from the devices along `axis_name`
-  (parallel.neighbour_channels; none when one device holds every tower).
-  """
-  if convention not in ("paper", "caffe"):
-    raise ValueError(f"lrn.convention={convention!r}: 'paper' or 'caffe'.")
-  scale = alpha / n if convention == "caffe" else alpha
-  dtype = x.dtype
-  half = n // 2
-  if across_towers:
-    # The neighbours' maps travel in the compute dtype, before the cast.
-    before, after = parallel.neighbour_channels(
-        x, axis_name, half, n - 1 - half
-    )
-    x = x.astype(jnp.float32)
-    padded = jnp.concatenate(
-        [before.astype(jnp.float32), x, after.astype(jnp.float32)], axis=-1
-    )
-    sq_sum = jax.lax.reduce_window(
-        jnp.square(padded),
-        0.0,
-        jax.lax.add,
-        window_dimensions=(1,) * (x.ndim - 1) + (n,),
-        window_strides=(1,) * x.ndim,
-        padding="VALID",
-    )
-    return (x * jnp.power(k + scale * sq_sum, -beta)).astype(dtype)
-  x = x.astype(jnp.float32)
-  *lead, channels = x.shape
-  x_T = x.reshape(*lead, towers, channels // towers)
-  # Zero padding at each tower's channel edges makes the window sum run over
-  # max(0, i - n/2) .. min(N - 1, i + n/2), as in the paper's formula (§3.3).
-  sq_sum = jax.lax.reduce_window(
-      jnp.square(x_T),
-      0.0,
-      jax.lax.add,
-      window_dimensions=(1,) * (x_T.ndim - 1) + (n,),
-      window_strides=(1,) * x_T.ndim,
-      padding=((0, 0),) * (x_T.ndim - 1) + ((half, n - 1 - half),),
-  )
-  y = x_T * jnp.power(k + scale * sq_sum, -beta)
-  return y.reshape(x.shape).astype(dtype)
-
-
-ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
 DROPOUT_SCALINGS = ("paper", "inverted")
-
-
-def _tower_normal(std: float) -> Initializer:
-  return nn.initializers.normal(stddev=std)
-
-
-class TowerConv(nn.Module):
-  """`towers` convolutions side by side, one per local tower.
-
-  `shared_input=True`: every tower reads the whole input (conv1 reads the
-  image; conv3 reads both towers' conv2 maps after the gather).
-  `shared_input=False`: tower t reads only channel block t of the input.
-  """
-
-  features: int
-  kernel_size: int
-  towers: int
-  shared_input: bool
-  stride: int = 1
-  padding: Any = "SAME"
-  weight_std: float = 0.01
-  bias_value: float = 0.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    in_features = (
-        x.shape[-1] if self.shared_input else (x.shape[-1] // self.towers)
-    )
-    kernel = self.param(
-        "kernel",
-        _tower_normal(self.weight_std),
-        (
-            self.towers,
-            self.kernel_size,
-            self.kernel_size,
-            in_features,
-            self.features,
-        ),
-    )
-    bias = self.param(
-        "bias",
-        nn.initializers.constant(self.bias_value),
-        (self.towers, self.features),
-    )
-
-    def conv(x, kernel_HWIO):
-      return jax.lax.conv_general_dilated(
-          x.astype(self.dtype),
-          kernel_HWIO.astype(self.dtype),
-          window_strides=(self.stride, self.stride),
-          padding=self.padding,
-          dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      )
-
-    if self.shared_input:
-      # [T, kh, kw, I, O] -> [kh, kw, I, T*O]: one convolution for the local
-      # towers, output channels tower-major.
-      kh, kw = self.kernel_size, self.kernel_size
-      y = conv(
-          x,
-          jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(
-              kh, kw, in_features, self.towers * self.features
-          ),
-      )
-    else:
-      # One convolution per tower on its own channel block. The same function
-      # as a grouped convolution (feature_group_count=towers), which XLA:CPU
-      # runs 2-4x slower (measured with `benchmarks.train_step --profile`).
-      x_T = jnp.split(x, self.towers, axis=-1)
-      y = jnp.concatenate(
-          [conv(x_T[t], kernel[t]) for t in range(self.towers)], axis=-1
-      )
-    return y + bias.reshape(-1).astype(self.dtype)
-
-
-class DenseParams(nn.Module):
-  """Declares a fully connected layer's kernel and bias under one name."""
-
-  kernel_shape: tuple[int, ...]
-  bias_shape: tuple[int, ...]
-  weight_std: float
-  bias_value: float
-
-  @nn.compact
-  def __call__(self) -> tuple[Array, Array]:
-    kernel = self.param(
-        "kernel", _tower_normal(self.weight_std), self.kernel_shape
-    )
-    bias = self.param(
-        "bias", nn.initializers.constant(self.bias_value), self.bias_shape
-    )
-    return kernel, bias
 
 
 class AlexNet(nn.Module):
@@ -442,7 +242,7 @@ class AlexNet(nn.Module):
     lrn = self.config.lrn
     if not lrn.enabled:
       return x
-    return local_response_norm(
+    return layers.local_response_norm(
         x,
         self.towers_local,
         convention=lrn.convention,
@@ -499,13 +299,13 @@ class AlexNet(nn.Module):
       )
     consts = layer_init(config)
     towers, dt = self.towers_local, jnp.dtype(config.dtype)
-    act = ACTIVATIONS[config.activation]
+    act = layers.ACTIVATIONS[config.activation]
     c1, c2, c3, c4, c5 = config.conv_features
     f6, f7 = config.fc_features
 
     def conv(name, features, k, shared, stride=1, padding="SAME"):
       std, bias = consts[name]
-      return TowerConv(
+      return layers.TowerConv(
           features,
           k,
           towers,
@@ -520,12 +320,14 @@ class AlexNet(nn.Module):
 
     def fc(name, kernel_shape, bias_shape):
       std, bias = consts[name]
-      return DenseParams(kernel_shape, bias_shape, std, bias, name=name)()
+      return layers.DenseParams(
+          kernel_shape, bias_shape, std, bias, name=name
+      )()
 
     # conv1 reads the whole image in both towers (§3.5). Authors' output-size
     # rounding: pad only the bottom/right edge (224 -> 55, 227 -> 55;
     # docs/paper.md "224 or 227").
-    pad = conv1_padding(size)
+    pad = layers.conv1_padding(size)
     x = conv("conv1", c1, 11, True, 4, ((0, pad), (0, pad)))(images)
     x = self._pool(self._lrn(act(x)))  # §3.3: LRN after ReLU.
     x = conv("conv2", c2, 5, False)(x)
@@ -598,7 +400,7 @@ def settings(
         f"2; got {tuple(config.conv_features)} and "
         f"{tuple(config.fc_features)}."
     )
-  sizes = spatial_sizes(
+  sizes = layers.spatial_sizes(
       config.image_size, config.pool_window, config.pool_stride
   )
   if min(sizes.values()) < 1:
@@ -622,10 +424,10 @@ def settings(
         f"model.lrn.across_towers="
         f"{complete.lrn.across_towers!r}: True or False."
     )
-  if complete.activation not in ACTIVATIONS:
+  if complete.activation not in layers.ACTIVATIONS:
     raise ValueError(
         f"model.activation={complete.activation!r}: one of "
-        f"{list(ACTIVATIONS)}."
+        f"{list(layers.ACTIVATIONS)}."
     )
   if complete.dropout_scaling not in DROPOUT_SCALINGS:
     raise ValueError(

@@ -45,6 +45,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from alexnet_jax import layers
 from alexnet_jax import model as model_lib
 
 
@@ -250,7 +251,7 @@ def to_torch_layout(
       "alexnet_jax.image_size": str(model_config.image_size),
       "alexnet_jax.conv1": (
           "stride 4, zero padding bottom/right "
-          f"{model_lib.conv1_padding(model_config.image_size)}"
+          f"{layers.conv1_padding(model_config.image_size)}"
       ),
       "alexnet_jax.conv2_to_conv5": "stride 1; pad 2 (conv2), 1 (others)",
       "alexnet_jax.groups": f"conv2, conv4, conv5: {towers}",

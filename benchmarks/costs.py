@@ -16,6 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 
+from alexnet_jax import layers
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 
@@ -42,7 +43,7 @@ def forward_macs_per_image(config: ml_collections.ConfigDict) -> dict[str, int]:
   towers = config.num_towers
   c1, c2, c3, c4, c5 = (towers * c for c in config.conv_features)
   f6, f7 = (towers * f for f in config.fc_features)
-  sizes = model_lib.spatial_sizes(
+  sizes = layers.spatial_sizes(
       config.image_size, config.pool_window, config.pool_stride
   )
 
@@ -90,7 +91,7 @@ def forward_macs_without_padding(
   the analytic figure to hold XLA's `cost_analysis()` against.
   """
   macs = forward_macs_per_image(config)
-  sizes = model_lib.spatial_sizes(
+  sizes = layers.spatial_sizes(
       config.image_size, config.pool_window, config.pool_stride
   )
   inputs = dict(
@@ -184,7 +185,7 @@ def analytic_collective_bytes(
     towers = config.num_towers
     c2 = config.conv_features[1]
     f6 = config.fc_features[0]
-    sizes = model_lib.spatial_sizes(
+    sizes = layers.spatial_sizes(
         config.image_size, config.pool_window, config.pool_stride
     )
     frac = (m - 1) / m

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import cli
+from alexnet_jax import layers as model_layers
 from alexnet_jax import model as model_lib
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -92,8 +93,8 @@ def _window_tap(x, i: int, j: int, stride: int, out_h: int, out_w: int):
 def _pool_windows(x, window: int, stride: int):
   """(i, j, `_window_tap` of offset (i, j)) for the pooled size, row-major."""
   _, height, width, _ = x.shape
-  out_h = model_lib.pool_out_size(height, window, stride)
-  out_w = model_lib.pool_out_size(width, window, stride)
+  out_h = model_layers.pool_out_size(height, window, stride)
+  out_w = model_layers.pool_out_size(width, window, stride)
   return [
       (i, j, _window_tap(x, i, j, stride, out_h, out_w))
       for i in range(window)
@@ -153,7 +154,7 @@ slice_max_pool.defvjp(_slice_pool_fwd, _slice_pool_bwd)
 
 
 def model_lrn(x):
-  return model_lib.local_response_norm(
+  return model_layers.local_response_norm(
       x, 2, convention="paper", k=2.0, n=5, alpha=1e-4, beta=0.75
   )
 
@@ -205,7 +206,7 @@ def banded_matmul_lrn(
 
 def strided_conv1(x, kernel):
   """The model's conv1: stride 4, bottom/right padding to 55x55 at 224."""
-  pad = model_lib.conv1_padding(x.shape[1])
+  pad = model_layers.conv1_padding(x.shape[1])
   return jax.lax.conv_general_dilated(
       x, kernel, (4, 4), ((0, pad), (0, pad)), dimension_numbers=_DN
   )
@@ -214,7 +215,7 @@ def strided_conv1(x, kernel):
 def space_to_depth_conv1(x, kernel):
   """conv1 on 4x4 pixel blocks: a stride-1 3x3 conv on 16 x 3 channels."""
   batch, size, _, channels = x.shape
-  out = model_lib.conv_out_size(size, 11, 4)
+  out = model_layers.conv_out_size(size, 11, 4)
   blocks = out + 2  # 4 * blocks = 4 * (out - 1) + 12 covers the last 11.
   x = jnp.pad(
       x, ((0, 0), (0, 4 * blocks - size), (0, 4 * blocks - size), (0, 0))
@@ -329,7 +330,7 @@ def run(
 ) -> list[dict[str, object]]:
   """Every (layer, dtype, shape) comparison; one dict per form."""
   rng = np.random.default_rng(0)
-  sizes = model_lib.spatial_sizes(image_size)
+  sizes = model_layers.spatial_sizes(image_size)
   c1, c2, c3, _, _ = (2 * c for c in model_lib.default_config().conv_features)
   rows = []
 
@@ -404,7 +405,7 @@ def run(
           )
       )
     if "wgrad" in layers:
-      pad = model_lib.conv1_padding(image_size)
+      pad = model_layers.conv1_padding(image_size)
       cases = dict(  # Per tower for conv2 and conv4, like the model.
           conv1=((image_size, 3), (11, 11, 3, c1), 4, ((0, pad), (0, pad))),
           conv2=(
@@ -428,7 +429,7 @@ def run(
           padding,
       ) in cases.items():
         x = cast(rng.normal(size=(batch_size, size, size, channels)))
-        out = model_lib.conv_out_size(
+        out = model_layers.conv_out_size(
             size + sum(padding[0]), kernel_shape[0], stride
         )
         dy = cast(rng.normal(size=(batch_size, out, out, kernel_shape[-1])))

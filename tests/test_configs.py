@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from alexnet_jax import layers
 from alexnet_jax import model as model_lib
 from alexnet_jax import weights
 from configs import demo
@@ -100,7 +101,7 @@ def test_no_conv4_removes_the_layer_from_the_parameters():
 def test_no_overlap_keeps_the_spatial_sizes():
   config = ilsvrc2010.get_config("no_overlap").model
   assert (
-      model_lib.spatial_sizes(
+      layers.spatial_sizes(
           config.image_size, config.pool_window, config.pool_stride
       )["pool5"]
       == 6

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alexnet_jax import layers
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from alexnet_jax import weights
@@ -55,7 +56,7 @@ def test_paper_parameter_count_and_shapes():
 
 @pytest.mark.parametrize("image_size", [224, 227])
 def test_spatial_sizes(image_size):
-  sizes = model_lib.spatial_sizes(image_size)
+  sizes = layers.spatial_sizes(image_size)
   assert (sizes["conv1"], sizes["pool1"], sizes["pool2"], sizes["pool5"]) == (
       55,
       27,
@@ -70,8 +71,8 @@ def test_spatial_sizes(image_size):
 
 
 def test_non_overlapping_pool_ablation_sizes():
-  assert model_lib.spatial_sizes(224, 2, 2)["pool5"] == 6
-  assert model_lib.spatial_sizes(224, 3, 2)["pool5"] == 6
+  assert layers.spatial_sizes(224, 2, 2)["pool5"] == 6
+  assert layers.spatial_sizes(224, 3, 2)["pool5"] == 6
 
 
 @pytest.mark.parametrize("convention", ["paper", "caffe"])
@@ -79,7 +80,7 @@ def test_lrn_closed_form_with_channel_edges(convention):
   towers, per_tower = 2, 7
   x = jax.random.normal(jax.random.key(0), (2, 3, 3, towers * per_tower)) * 4
   k, n, alpha, beta = 2.0, 5, 1e-2, 0.75  # large alpha: visible effect.
-  got = model_lib.local_response_norm(
+  got = layers.local_response_norm(
       x, towers, convention=convention, k=k, n=n, alpha=alpha, beta=beta
   )
   x_np = np.asarray(x, np.float64)
@@ -97,7 +98,7 @@ def test_lrn_closed_form_with_channel_edges(convention):
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # The edge channel 0 of tower 1 must not see tower 0's channels.
   y = x.at[..., per_tower - 1].set(100.0)
-  got2 = model_lib.local_response_norm(
+  got2 = layers.local_response_norm(
       y, towers, convention=convention, k=k, n=n, alpha=alpha, beta=beta
   )
   np.testing.assert_array_equal(got2[..., per_tower:], got[..., per_tower:])
@@ -120,12 +121,12 @@ def test_lrn_across_towers_on_one_and_two_devices(n):
       lrn["beta"],
       lrn["convention"],
   ).transpose(0, 2, 3, 1)
-  one = model_lib.local_response_norm(x, towers, across_towers=True, **lrn)
+  one = layers.local_response_norm(x, towers, across_towers=True, **lrn)
   np.testing.assert_allclose(one, want, rtol=1e-5)
   mesh = parallel.make_mesh(1, 2)
   two = jax.jit(
       jax.shard_map(
-          lambda x: model_lib.local_response_norm(
+          lambda x: layers.local_response_norm(
               x, 1, across_towers=True, axis_name=parallel.MODEL, **lrn
           ),
           mesh=mesh,
@@ -135,7 +136,7 @@ def test_lrn_across_towers_on_one_and_two_devices(n):
   )(x)
   np.testing.assert_allclose(two, want, rtol=1e-5)
   # Not the per-tower LRN: the maps at the boundary differ, the rest not.
-  within = model_lib.local_response_norm(x, towers, **lrn)
+  within = layers.local_response_norm(x, towers, **lrn)
   differ = ~np.isclose(within, want, rtol=1e-5).all(axis=(0, 1, 2))
   # Window i - n//2 .. i + n - 1 - n//2: maps 5-8 for n = 5, 6-8 for n = 4.
   boundary = np.arange(per_tower - (n - 1 - n // 2), per_tower + n // 2)
