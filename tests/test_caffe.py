@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import caffe
+from alexnet_jax import caffe_proto
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from alexnet_jax import weights
@@ -31,7 +32,7 @@ from tests import reference
 NARROW = dict(
     num_classes=10, conv_features=(8, 8, 12, 12, 8), fc_features=(16, 16)
 )
-_V1 = {v: k for k, v in caffe.V1_LAYER_TYPES.items()}
+_V1 = {v: k for k, v in caffe_proto.V1_LAYER_TYPES.items()}
 
 
 def _varint(n: int) -> bytes:
@@ -46,7 +47,7 @@ def _varint(n: int) -> bytes:
 def blob_bytes(array: np.ndarray, legacy: bool) -> bytes:
   """A serialized BlobProto; the values packed directly (fast, same bytes
   as protobuf writes for `repeated float data = 5 [packed = true]`)."""
-  blob = caffe.blob_proto()
+  blob = caffe_proto.blob_proto()
   if legacy:
     shape = (1,) * (4 - array.ndim) + array.shape
     blob.num, blob.channels, blob.height, blob.width = shape
@@ -75,7 +76,7 @@ def net_bytes(
     name: str = "AlexNet",
 ) -> bytes:
   """A .caffemodel holding `arrays` (Caffe layout) in `layers`."""
-  net = caffe.net_parameter()
+  net = caffe_proto.net_parameter()
   net.name = name
   for layer_name, kind, settings in layers or deploy_layers():
     if legacy:
@@ -257,7 +258,7 @@ def test_wrong_shape_is_named(tmp_path, narrow):
 
 def test_v0_layers_are_named(tmp_path, narrow):
   shapes, arrays = narrow
-  net = caffe.net_parameter()
+  net = caffe_proto.net_parameter()
   net.MergeFromString(net_bytes(arrays, True))
   net.layers[1].layer = b"\x0a\x05conv1"  # V0LayerParameter name: "conv1".
   path = tmp_path / "net.caffemodel"
