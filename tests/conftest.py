@@ -37,13 +37,6 @@ jax.config.update("jax_num_cpu_devices", NUM_FAKE_DEVICES)
 jax.config.update("jax_platforms", "cpu")
 
 
-# =============================================================================
-# ILSVRC-2010 mini data fixtures (alexnet_jax.data). Session-scoped: the
-# small mini release is generated once and built once with the real builder;
-# the data builder tests, the input pipeline and the training program reuse
-# them. Imports are inside the fixtures so that tests that do not ask for
-# them do not import TensorFlow.
-# =============================================================================
 import pytest  # noqa: E402
 
 
@@ -65,6 +58,13 @@ def shared_dir(tmp_path_factory, name: str):
     yield path
 
 
+# =============================================================================
+# ILSVRC-2010 mini data fixtures (alexnet_jax.data). Session-scoped: the
+# small mini release is generated once and built once with the real builder;
+# the data builder tests, the input pipeline and the training program reuse
+# them. Imports are inside the fixtures so that tests that do not ask for
+# them do not import TensorFlow.
+# =============================================================================
 # 10 classes x (8 train, 3 val, 3 test): 140 images. Source sides vary
 # around 160 px (about 110..270), so the builder's rescale both enlarges and
 # shrinks.
