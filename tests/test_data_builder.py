@@ -425,16 +425,7 @@ def test_generated_release_has_the_files_the_builder_reads(mini_manual_dir):
 # prefixes or "./", patches found by the directory just above them, any
 # case of the .JPEG extension, and meta.mat as MATLAB writes it. These tests
 # rewrite the generated release into such layouts.
-_SYNSET_FIELDS = (
-    "ILSVRC2010_ID",
-    "WNID",
-    "words",
-    "gloss",
-    "num_children",
-    "children",
-    "wordnet_height",
-    "num_train_images",
-)
+_SYNSET_FIELDS = release_metadata.SYNSET_FIELDS
 
 
 def _tar_members(path_or_bytes):

@@ -176,16 +176,7 @@ def _write_file_atomic(path: str, data: bytes) -> None:
 
 def _meta_mat_bytes(synsets: list[dict[str, Any]]) -> bytes:
   """meta.mat: a MATLAB struct array `synsets` laid out like the real one."""
-  fields = [
-      "ILSVRC2010_ID",
-      "WNID",
-      "words",
-      "gloss",
-      "num_children",
-      "children",
-      "wordnet_height",
-      "num_train_images",
-  ]
+  fields = release_metadata.SYNSET_FIELDS
   array = np.empty((len(synsets), 1), dtype=[(f, object) for f in fields])
   for i, s in enumerate(synsets):
     for f in fields:

@@ -55,7 +55,8 @@ _REDOWNLOAD_DEVKIT = (
     "Is it the ILSVRC-2010 devkit's? Download the devkit "
     "(ILSVRC2010_devkit-1.0.tar.gz) again."
 )
-_SYNSET_FIELDS = (
+# The fields of each synset in meta.mat (the devkit's readme).
+SYNSET_FIELDS = (
     "ILSVRC2010_ID",
     "WNID",
     "words",
@@ -138,7 +139,7 @@ def parse_meta_mat(data: bytes, source: str = "meta.mat") -> list[Synset]:
   if not entries:
     raise ReleaseFormatError(f"{source}: 'synsets' is empty. {redownload}")
   fields = set(entries[0].dtype.names or ())
-  missing = [f for f in _SYNSET_FIELDS if f not in fields]
+  missing = [f for f in SYNSET_FIELDS if f not in fields]
   if missing:
     raise ReleaseFormatError(
         f"{source}: 'synsets' lacks the field(s) {missing}. {redownload}"
