@@ -158,6 +158,35 @@ class MeanImageError(cli.UserError, ValueError):
   """A mean image file (`config.mean_image_file`) that cannot be used."""
 
 
+def read_mean_image(
+    path: str, where: str, error: type[Exception]
+) -> np.ndarray:
+  """The `mean_image` of the .npz at `path` (any tf.io.gfile path), float32.
+
+  Raises `error` with a message that starts with `where` (the flag or field
+  that named the file) when it is not a readable .npz or has no mean_image.
+  Its shape is the caller's to check.
+  """
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      arrays = np.load(io.BytesIO(f.read()))
+    names = arrays.files
+    mean = (
+        np.asarray(arrays["mean_image"], np.float32)
+        if "mean_image" in names
+        else None
+    )
+  except (OSError, ValueError, zipfile.BadZipFile, tf.errors.OpError) as e:
+    raise error(f"{where} is not a readable .npz ({e}).") from None
+  if mean is None:
+    raise error(
+        f"{where} holds {names}, no 'mean_image'. Give the file "
+        "`python -m alexnet_jax.weights convert --mean_out=...` wrote, "
+        "or a data directory's input_stats_*.npz."
+    )
+  return mean
+
+
 def load_mean_image(path: str, image_size: int) -> np.ndarray:
   """The `mean_image` [s, s, 3] (RGB, 0-255) of an .npz; s = `image_size`.
 
@@ -178,20 +207,7 @@ def load_mean_image(path: str, image_size: int) -> np.ndarray:
         "--mean=imagenet_mean.binaryproto --mean_out=FILE`, or leave the "
         "field empty to use the mean of the training images."
     )
-  try:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      arrays = np.load(io.BytesIO(f.read()))
-      if "mean_image" not in arrays.files:
-        raise MeanImageError(
-            f"{where} holds {arrays.files}, no 'mean_image'. Give the file "
-            "`python -m alexnet_jax.weights convert --mean_out=...` wrote, "
-            "or a data directory's input_stats_*.npz."
-        )
-      mean = np.asarray(arrays["mean_image"], np.float32)
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
-    if isinstance(e, MeanImageError):
-      raise
-    raise MeanImageError(f"{where} is not a readable .npz ({e}).") from None
+  mean = read_mean_image(path, where, MeanImageError)
   if mean.shape != (image_size, image_size, 3):
     raise MeanImageError(
         f"{where}: mean_image has shape {mean.shape}; the data set's "
@@ -199,9 +215,7 @@ def load_mean_image(path: str, image_size: int) -> np.ndarray:
         f"({image_size}, {image_size}, 3) (RGB, 0-255 scale)."
     )
   if not np.isfinite(mean).all():
-    raise MeanImageError(
-        f"{where}: mean_image holds NaN or infinite " "values."
-    )
+    raise MeanImageError(f"{where}: mean_image holds NaN or infinite values.")
   return mean
 
 

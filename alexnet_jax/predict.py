@@ -97,17 +97,10 @@ def load_mean(path: str, crop_size: int) -> np.ndarray:
   s is the side of the prepared image (256 in the paper, §2), at least the
   crop size.
   """
-  try:
-    with np.load(path) as f:
-      if "mean_image" not in f.files:
-        raise PredictError(
-            f"--mean={path} holds {f.files}, no 'mean_image'. Give the file "
-            "`python -m alexnet_jax.weights convert --mean_out=...` wrote, "
-            "or a data directory's input_stats_*.npz."
-        )
-      mean = np.asarray(f["mean_image"], np.float32)
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
-    raise PredictError(f"--mean={path} is not a readable .npz ({e}).") from None
+  # Imported here: reading it needs TensorFlow (tf.io.gfile).
+  from alexnet_jax import input_stats  # pylint: disable=g-import-not-at-top
+
+  mean = input_stats.read_mean_image(path, f"--mean={path}", PredictError)
   if (
       mean.ndim != 3
       or mean.shape[0] != mean.shape[1]
