@@ -66,7 +66,7 @@ CLAIMS = {
         "§3.3",
         1.4,
         1.2,
-        "response normalization reduces " "top-1 / top-5 error by 1.4 / 1.2",
+        "response normalization reduces top-1 / top-5 error by 1.4 / 1.2",
     ),
     "no_overlap": Claim(
         "§3.4",
@@ -79,7 +79,7 @@ CLAIMS = {
         "§4.1",
         1.0,
         None,
-        "PCA lighting reduces top-1 error " "by over 1",
+        "PCA lighting reduces top-1 error by over 1",
         relation=">",
     ),
     "no_dropout": Claim(
@@ -101,7 +101,7 @@ CLAIMS = {
         "§7",
         2.0,
         None,
-        "removing any middle layer costs " "about 2 top-1",
+        "removing any middle layer costs about 2 top-1",
         relation="~",
     ),
 }

@@ -291,7 +291,7 @@ def check_alexnet(
       continue  # (A train/test net may hold two "data" layers.)
     if layer.name in by_name:
       raise CaffeFormatError(
-          f"{source}: the layer name {layer.name!r} " "appears twice."
+          f"{source}: the layer name {layer.name!r} appears twice."
       )
     by_name[layer.name] = layer
   missing = [n for n in PARAM_LAYERS if n not in by_name]
@@ -377,7 +377,7 @@ class Conversion:
   notes: list[str]
 
   def report(self) -> str:
-    lines = [f"network {self.net_name!r}, layers in the {self.layout} " "field"]
+    lines = [f"network {self.net_name!r}, layers in the {self.layout} field"]
     groups = {n: s[3] for n, t, s in BVLC_ALEXNET if t == "Convolution"}
     for name in PARAM_LAYERS:
       w, b = self.arrays[f"{name}.weight"], self.arrays[f"{name}.bias"]

@@ -57,7 +57,7 @@ def _define_flags() -> None:
   config_flags.DEFINE_config_file(
       "config",
       None,
-      "Config of the --npz model (and its data set's " "classes).",
+      "Config of the --npz model (and its data set's classes).",
       lock_config=True,
   )
   flags.DEFINE_enum(
@@ -275,7 +275,7 @@ def main(argv: Sequence[str]) -> None:
   npz = FLAGS.npz
   if not npz or not FLAGS.mean:
     raise cli.UserError(
-        "give --npz (the weights) and --mean (the mean " "image, see --help)."
+        "give --npz (the weights) and --mean (the mean image, see --help)."
     )
   config = cli.config_value(FLAGS["config"])
   if config is None:

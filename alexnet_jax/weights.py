@@ -374,7 +374,7 @@ def _export(values: dict[str, Any], config: Any) -> None:
       or (values["npz"] and config is None)
   ):
     raise cli.UserError(
-        "export needs --out and either --npz with --config, " "or --workdir."
+        "export needs --out and either --npz with --config, or --workdir."
     )
   if workdir:
     config, params = _restore_workdir(workdir)

@@ -386,9 +386,7 @@ def run(
     prepared = {case: p for case, p in prepared.items() if p is not None}
     load = os.getloadavg()  # One reading: the cases are timed together.
     loads.update(dict.fromkeys(prepared, load))
-    log(
-        f"timing {steps} rounds of one step per case, load {load[0]:.2f} " "..."
-    )
+    log(f"timing {steps} rounds of one step per case, load {load[0]:.2f} ...")
     for _ in range(steps):
       for p in prepared.values():
         p.step()
@@ -505,12 +503,12 @@ def define_flags() -> None:
   flags.DEFINE_integer(
       "matmul_size",
       4096,
-      "Side of the float32 matmul that measures the CPU " "peak.",
+      "Side of the float32 matmul that measures the CPU peak.",
   )
   flags.DEFINE_bool(
       "input",
       False,
-      "Also time the input pipeline on one core (needs " "TensorFlow).",
+      "Also time the input pipeline on one core (needs TensorFlow).",
   )
   flags.DEFINE_bool(
       "profile",
@@ -521,7 +519,7 @@ def define_flags() -> None:
   flags.DEFINE_string(
       "profile_dir",
       None,
-      "Where --profile writes traces (default: a " "temporary directory).",
+      "Where --profile writes traces (default: a temporary directory).",
   )
   flags.DEFINE_bool(
       "interleave",
