@@ -52,6 +52,7 @@ from alexnet_jax.data import shapes
 from alexnet_jax.data.release import DEVKIT_TAR
 from alexnet_jax.data.release import META_MEMBER
 from alexnet_jax.data.release import PATCH_TAR
+from alexnet_jax.data.release import REQUIRED_FILES
 from alexnet_jax.data.release import TEST_GROUND_TRUTH
 from alexnet_jax.data.release import TEST_TAR
 from alexnet_jax.data.release import TRAIN_TAR
@@ -412,17 +413,6 @@ def _stamp_json(dataset: MiniDataset) -> str:
   )
 
 
-def _required_files() -> tuple[str, ...]:
-  return (
-      TRAIN_TAR,
-      VAL_TAR,
-      TEST_TAR,
-      DEVKIT_TAR,
-      TEST_GROUND_TRUTH,
-      PATCH_TAR,
-  )
-
-
 def ensure_generated(
     out_dir: str, params: MiniParams = MiniParams()
 ) -> MiniDataset:
@@ -433,7 +423,7 @@ def ensure_generated(
   """
   stamp = os.path.join(out_dir, STAMP_FILE)
   if os.path.exists(stamp) and all(
-      os.path.exists(os.path.join(out_dir, f)) for f in _required_files()
+      os.path.exists(os.path.join(out_dir, f)) for f in REQUIRED_FILES
   ):
     with open(stamp, "r", encoding="utf-8") as f:
       recorded = json.load(f)
