@@ -278,7 +278,11 @@ class Checkpointer:
     registry.add(_STATE, ocp.args.StandardRestore)
     registry.add(_EXTRA, ocp.args.JsonSave)
     registry.add(_EXTRA, ocp.args.JsonRestore)
-    self._directory = os.path.join(os.fspath(workdir), CHECKPOINT_SUBDIR)
+    # Absolute: orbax refuses a relative checkpoint path (the default
+    # workdir, workdirs/<config name>, is relative to where one runs).
+    self._directory = os.path.join(
+        os.path.abspath(os.fspath(workdir)), CHECKPOINT_SUBDIR
+    )
     self._manager = ocp.CheckpointManager(
         self._directory, options=options, handler_registry=registry
     )

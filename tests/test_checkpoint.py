@@ -93,6 +93,22 @@ def test_round_trip_restores_every_array_key_and_extra(tmp_path):
   jax.tree.map(_assert_sharding, restored, shardings)
 
 
+def test_relative_workdir(tmp_path, monkeypatch):
+  # The default workdir (workdirs/<config name>) is relative; orbax refuses
+  # relative paths.
+  monkeypatch.chdir(tmp_path)
+  state, shardings = _state()
+  with checkpoint.Checkpointer("workdirs/run") as ckpt:
+    assert ckpt.save(3, state, force=True)
+  with checkpoint.Checkpointer("workdirs/run") as ckpt:
+    assert ckpt.latest_step() == 3
+    restored, _ = ckpt.restore_or(jax.eval_shape(lambda: state), shardings)
+  _assert_same(restored, state)
+  assert os.path.isdir(
+      tmp_path / "workdirs/run" / checkpoint.CHECKPOINT_SUBDIR / "3"
+  )
+
+
 @pytest.mark.parametrize("target_mesh", [(1, 1), (2, 2)])
 def test_restores_onto_another_mesh(tmp_path, target_mesh):
   """Saved with one tower per device; restored on 1 device and on 2 x 2."""
