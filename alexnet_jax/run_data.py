@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from alexnet_jax import cli
 from alexnet_jax import data as data_lib
 from alexnet_jax import input_decoding
 from alexnet_jax import input_pipeline
@@ -33,6 +34,37 @@ from alexnet_jax import input_splits
 from alexnet_jax import input_stats
 from alexnet_jax import parallel
 from alexnet_jax.data import mini
+
+
+class StaleDataError(cli.UserError, ValueError):
+  """The prepared mini set is not the one the config's generator makes."""
+
+
+def _check_mini_sizes(builder, config: ml_collections.ConfigDict) -> None:
+  """Raises StaleDataError unless every split has config.mini's size.
+
+  TFDS keeps a data set once prepared; the mini set's TFDS name says only
+  its class count and image size, so a data_dir prepared from other
+  generator parameters (e.g. the `smoke` config's 8 images per class)
+  would otherwise be read as if it were this config's.
+  """
+  p = config.mini
+  per_class = dict(
+      train=p.train_per_class,
+      validation=p.val_per_class,
+      test=p.test_per_class,
+  )
+  for split, n in per_class.items():
+    found = builder.info.splits[split].num_examples
+    if found != n * p.num_classes:
+      raise StaleDataError(
+          f"--config.data_dir={config.data_dir} holds a mini data set "
+          f"prepared from other generator parameters: its {split} split "
+          f"has {found} images, config.mini makes {n * p.num_classes} "
+          f"({p.num_classes} classes x {n}). Delete "
+          f"{builder.data_dir} to prepare it again, or give another "
+          "--config.data_dir."
+      )
 
 
 class Data:
@@ -52,6 +84,8 @@ class Data:
     if jax.process_index() == 0:
       data_lib.prepare(self.builder, manual_dir=config.manual_dir)
     _sync("data prepared")
+    if config.dataset == "ilsvrc2010_mini":
+      _check_mini_sizes(self.builder, config)
     stored = self.builder.info.features["image"].shape[0]
     self.image_size = stored or input_decoding.IMAGE_SIZE
     # config.mean_image_file (e.g. Caffe's mean, converted): its mean

@@ -105,6 +105,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.cpu_devices = 2
   if smoke:
     c.mini.update(train_per_class=8, val_per_class=3, test_per_class=3)
+    # Its own data_dir: TFDS would keep the first mini set prepared in a
+    # data_dir (run_data refuses one of the wrong size).
+    c.data_dir = "data/ilsvrc2010_mini_smoke/tfds"
     c.manual_dir = "data/ilsvrc2010_mini_smoke/manual"
     c.model.conv_features = (4, 8, 8, 8, 8)
     c.model.fc_features = (16, 16)
