@@ -40,10 +40,14 @@ Guarantees, and where they come from:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+import contextlib
 import json
 import os
 import signal
+import sys
+import tempfile
+import time
 import types
 from typing import Any
 
@@ -220,6 +224,35 @@ def _json_snapshot(extra: Mapping[str, Any] | None) -> dict[str, Any]:
     ) from e
 
 
+@contextlib.contextmanager
+def _stderr_held() -> Iterator[Callable[[], None]]:
+  """Holds everything written to stderr (file descriptor 2, all threads) in
+  a temporary file; yields a function that discards it. What is not
+  discarded is written to stderr at the end.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  held = tempfile.TemporaryFile()
+  discarded = False
+
+  def discard():
+    nonlocal discarded
+    discarded = True
+
+  os.dup2(held.fileno(), 2)
+  try:
+    yield discard
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    if not discarded:
+      held.seek(0)
+      sys.stderr.flush()
+      os.write(2, held.read())
+    held.close()
+
+
 class Checkpointer:
   """Saves and restores a TrainState plus a JSON dict with orbax.
 
@@ -365,32 +398,48 @@ class Checkpointer:
         return state_template, None
     target = _abstract_target(state_template, shardings)
     where = f"{self._directory} (step {step})"
-    try:
-      _check_json_files(os.path.join(self._directory, str(step)))
-      stored = self._manager.metadata(step).item_metadata
-      stored = stored[_STATE] if stored is not None else None
-      if stored is not None:
-        _check_compatible(getattr(stored, "tree", stored), target, where)
-      restored = self._manager.restore(
-          step,
-          args=ocp.args.Composite(
-              **{
-                  _STATE: ocp.args.StandardRestore(target),
-                  _EXTRA: ocp.args.JsonRestore(),
-              }
-          ),
-      )
-    except CheckpointMismatchError:
-      raise
-    except Exception as e:  # pylint: disable=broad-exception-caught
+    # orbax stops a restore at the first unreadable array and closes its
+    # event loop while tensorstore's reads of the other arrays are still
+    # running; as they finish, tensorstore's threads print "Event loop is
+    # closed" tracebacks, which would bury the one message a damaged
+    # checkpoint deserves. So stderr is held during the restore and, after
+    # a failure, what the stray reads print is dropped.
+    failure = None
+    with _stderr_held() as discard:
+      try:
+        restored = self._restore(step, target, where)
+      except CheckpointMismatchError:
+        raise  # Found before any array is read.
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        failure = e
+        time.sleep(1.0)  # Lets the stray reads finish.
+        discard()
+    if failure is not None:
       # orbax and tensorstore report damaged files with many exception
       # types; none of them means "start over", so none is swallowed.
-      raise self._unreadable(step, e) from e
+      raise self._unreadable(step, failure) from failure
     logging.info(
         "Restored checkpoint of step %d from %s.", step, self._directory
     )
     state = _data_to_keys(restored[_STATE], state_template)
     return state, dict(restored[_EXTRA])
+
+  def _restore(self, step: int, target: PyTree, where: str) -> Any:
+    """orbax's restore of `step`, after the checks that come before it."""
+    _check_json_files(os.path.join(self._directory, str(step)))
+    stored = self._manager.metadata(step).item_metadata
+    stored = stored[_STATE] if stored is not None else None
+    if stored is not None:
+      _check_compatible(getattr(stored, "tree", stored), target, where)
+    return self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+            **{
+                _STATE: ocp.args.StandardRestore(target),
+                _EXTRA: ocp.args.JsonRestore(),
+            }
+        ),
+    )
 
   def _unreadable(
       self, step: int, error: Exception

@@ -50,7 +50,14 @@ def fail(message: str) -> NoReturn:
   """
   logging.flush()
   sys.stdout.flush()
-  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.stderr.flush()
+  # The message is the last output: whatever other threads would still
+  # print goes to /dev/null.
+  stderr = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 1)
+  os.dup2(devnull, 2)
+  os.write(stderr, f"error: {message}\n".encode())
   os._exit(USAGE_ERROR)  # pylint: disable=protected-access
 
 
