@@ -1,10 +1,12 @@
 """Every mistake a user can make: one clean message, exit 2, nothing lost.
 
 Each case runs a real command line (`python -m alexnet_jax.main` or
-`.evaluate`) in a subprocess with its output in files, and checks the exit
-status, that the message names the offending thing, that no traceback is
-printed and that nothing already in the workdir was changed. Config and flag
-mistakes stop before TensorFlow is imported, so these runs are short.
+`.evaluate`) with its output in files, and checks the exit status, that the
+message names the offending thing, that no traceback is printed and that
+nothing already in the workdir was changed. The cases run as forks of one
+process per command (helpers.run_forked: the same module run as `python -m`
+runs it, without the interpreter's start and imports for each case); a few
+also run as a process of their own, started from nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def tree_digest(root: str) -> dict[str, str]:
 
 
 def run_cli(module: str, args: list[str], tmp_path) -> tuple[int, str]:
-  """Runs `python -m module args`; returns (exit status, stderr)."""
+  """Runs `python -m module args` in a new process; (exit status, stderr)."""
   out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   env.pop("XLA_FLAGS", None)
@@ -58,15 +60,14 @@ def run_cli(module: str, args: list[str], tmp_path) -> tuple[int, str]:
   return proc.returncode, err.read_text()
 
 
-@pytest.fixture
-def workdir(tmp_path):
+def make_workdir(root) -> str:
   """A workdir holding files of an earlier run that must survive."""
-  path = tmp_path / "workdir"
+  path = root / "workdir"
   (path / "checkpoints" / "4").mkdir(parents=True)
   (path / "checkpoints" / "4" / "state.bin").write_bytes(b"\x00" * 64)
   (path / "results.json").write_text('{"step": 4}')
   (path / "config.json").write_text(demo.get_config("smoke").to_json())
-  return path
+  return str(path)
 
 
 def npz_file(tmp_path, kind: str) -> str:
@@ -269,6 +270,19 @@ CASES = [
         [SMOKE, "--npz=not_npz"],
         ["not a readable .npz"],
     ),
+    # SMOKE_DATA: the session's prepared smoke data (8 training images per
+    # class) read by a config whose generator makes 9.
+    (
+        "data_dir prepared from other generator parameters",
+        "main",
+        [
+            SMOKE,
+            "--config.data_dir=SMOKE_DATA",
+            "--config.mini.train_per_class=9",
+            "--config.manual_dir=EMPTY/manual",
+        ],
+        ["--config.data_dir=", "train split has 80 images", "makes 90"],
+    ),
     # TRAINED: a copy of the trained smoke workdir (conftest.uninterrupted);
     # DAMAGED: the same copy, its latest checkpoint's largest files cut in
     # half after it was written.
@@ -287,11 +301,11 @@ CASES = [
 ]
 
 
-def trained_workdir(request, tmp_path, damaged: bool) -> tuple[str, list]:
+def trained_workdir(request, root, damaged: bool) -> tuple[str, list]:
   """A copy of the trained smoke workdir; the flags that read its data."""
   smoke_dirs = request.getfixturevalue("smoke_dirs")
   source = request.getfixturevalue("uninterrupted")[0]
-  path = str(tmp_path / ("damaged" if damaged else "trained"))
+  path = str(root / ("damaged" if damaged else "trained"))
   shutil.copytree(source, path)  # Never change the shared one.
   if damaged:
     step_dir = os.path.join(path, "checkpoints", "10")
@@ -308,40 +322,41 @@ def trained_workdir(request, tmp_path, damaged: bool) -> tuple[str, list]:
   ]
 
 
-@pytest.mark.parametrize(
-    "name,module,args,needles", CASES, ids=[c[0] for c in CASES]
-)
-def test_user_error(request, tmp_path, workdir, name, module, args, needles):
-  del name
-  (tmp_path / "a_file").write_text("")
-  (tmp_path / "empty").mkdir()
+def prepare(request, root, module, args):
+  """A case's files under `root` and its command line:
+  (arguments, the workdir that must not change, placeholder -> value)."""
+  (root / "a_file").write_text("")
+  (root / "empty").mkdir()
+  workdir = make_workdir(root)
   fill = {
-      "WORKDIR": str(workdir),
-      "FILE": str(tmp_path / "a_file"),
-      "EMPTY": str(tmp_path / "empty"),
-      "NOFILE": str(tmp_path / "none.npz"),
+      "WORKDIR": workdir,
+      "FILE": str(root / "a_file"),
+      "EMPTY": str(root / "empty"),
+      "NOFILE": str(root / "none.npz"),
   }
   args = list(args)
+  if "--config.data_dir=SMOKE_DATA" in args:
+    fill["SMOKE_DATA"] = request.getfixturevalue("smoke_dirs")[0]
   for key in ("TRAINED", "DAMAGED"):
     if f"--workdir={key}" in args:
-      fill[key], data_flags = trained_workdir(
-          request, tmp_path, key == "DAMAGED"
-      )
+      fill[key], data_flags = trained_workdir(request, root, key == "DAMAGED")
       workdir = fill[key]
       args += data_flags
-  before = tree_digest(str(workdir))
   for i, arg in enumerate(args):
     if arg.startswith("--npz=") and arg[6:] in (
         "wrong_keys",
         "wrong_shape",
         "not_npz",
     ):
-      args[i] = "--npz=" + npz_file(tmp_path, arg[6:])
+      args[i] = "--npz=" + npz_file(root, arg[6:])
     for key, value in fill.items():
       args[i] = args[i].replace(f"={key}", f"={value}")
   if module == "main" and not any(a.startswith("--workdir") for a in args):
     args.append(f"--workdir={workdir}")
-  status, stderr = run_cli(f"alexnet_jax.{module}", args, tmp_path)
+  return args, workdir, fill
+
+
+def check(status, stderr, needles, fill):
   assert status == 2, stderr
   assert "Traceback" not in stderr, stderr
   # The message: from the last line that starts with "error: " to the end
@@ -350,4 +365,56 @@ def test_user_error(request, tmp_path, workdir, name, module, args, needles):
   message = stderr[stderr.rfind("error: ") :]
   for needle in needles:
     assert fill.get(needle, needle) in message, (needle, stderr)
-  assert tree_digest(str(workdir)) == before
+
+
+@pytest.fixture(scope="module")
+def outcomes(request, tmp_path_factory):
+  """Every case run: name -> (exit status, stderr, fill, workdir digests
+  before and after)."""
+  cases = {}
+  for n, (name, module, args, _) in enumerate(CASES):
+    root = tmp_path_factory.mktemp(f"case{n}")
+    args, workdir, fill = prepare(request, root, module, args)
+    out, err = str(root / "stdout.txt"), str(root / "stderr.txt")
+    cases[name] = (module, args, out, err, workdir, fill, tree_digest(workdir))
+  statuses = {}
+  for module in sorted({c[0] for c in cases.values()}):
+    names = [name for name, c in cases.items() if c[0] == module]
+    runs = [cases[name][1:4] for name in names]
+    statuses.update(
+        zip(names, helpers.run_forked(f"alexnet_jax.{module}", runs))
+    )
+  return {
+      name: (
+          statuses[name],
+          helpers.read(err),
+          fill,
+          before,
+          tree_digest(workdir),
+      )
+      for name, (_, _, _, err, workdir, fill, before) in cases.items()
+  }
+
+
+@pytest.mark.parametrize(
+    "name,needles", [(c[0], c[3]) for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_user_error(outcomes, name, needles):
+  status, stderr, fill, before, after = outcomes[name]
+  check(status, stderr, needles, fill)
+  assert after == before
+
+
+# Also as processes of their own: a flag mistake (absl's parsing), and a
+# damaged checkpoint (orbax's threads are running when the error ends it).
+OWN_PROCESS = ("override typo", "checkpoint damaged after it was written")
+
+
+@pytest.mark.parametrize("name", OWN_PROCESS)
+def test_user_error_in_a_new_process(request, tmp_path, name):
+  _, module, args, needles = next(c for c in CASES if c[0] == name)
+  args, workdir, fill = prepare(request, tmp_path, module, args)
+  before = tree_digest(workdir)
+  status, stderr = run_cli(f"alexnet_jax.{module}", args, tmp_path)
+  check(status, stderr, needles, fill)
+  assert tree_digest(workdir) == before
