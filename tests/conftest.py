@@ -152,4 +152,6 @@ def uninterrupted(smoke_dirs, tmp_path_factory):
     log = workdir + ".log"
     if not os.path.exists(os.path.join(workdir, "results.json")):
       helpers.run_main(smoke_dirs, workdir, log=log)
+      # When the process had ended (test_exit.py).
+      pathlib.Path(workdir + ".ended").touch()
     return workdir, helpers.read(log)
