@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -112,21 +113,42 @@ print(json.dumps(statuses))
 """
 
 
+def command_env() -> dict[str, str]:
+  """The environment of a command line started by a test: the CPU backend
+  and no fake-device flags (a command makes its config's devices itself)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  env.pop("XLA_FLAGS", None)
+  return env
+
+
+def run_module(
+    module: str, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+  """Runs `python -m module args` in the repository root (`command_env`)
+  to its end; its stdout and stderr are captured, the exit status is not
+  checked."""
+  return subprocess.run(
+      [sys.executable, "-m", module, *args],
+      cwd=REPO_ROOT,
+      env=command_env(),
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+  )
+
+
 def run_forked(
     module: str, runs: list[tuple[list[str], str, str]], timeout: float = 600
 ) -> list[int]:
   """Runs `python -m module argv` for every (argv, stdout file, stderr file)
   of `runs`, one after the other, as forks of one process (`_FORK_SERVER`);
-  returns their exit statuses. Only the CPU backend, no fake-device flags.
+  returns their exit statuses. Environment: `command_env`.
   """
-  import json  # pylint: disable=g-import-not-at-top
-
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  env.pop("XLA_FLAGS", None)
   proc = subprocess.run(
       [sys.executable, "-c", _FORK_SERVER, module, json.dumps(runs)],
       cwd=REPO_ROOT,
-      env=env,
+      env=command_env(),
       capture_output=True,
       text=True,
       timeout=timeout,

@@ -11,9 +11,7 @@ full-size file through the command line.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -329,17 +327,7 @@ def test_converted_weights_equal_the_reference(tmp_path, narrow):
 
 
 def run_convert(tmp_path, *args) -> subprocess.CompletedProcess[str]:
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  return subprocess.run(
-      [sys.executable, "-m", "alexnet_jax.weights", "convert", *args],
-      cwd=helpers.REPO_ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=300,
-      check=False,
-  )
+  return helpers.run_module("alexnet_jax.weights", "convert", *args)
 
 
 def test_full_size_file_through_the_command_line(tmp_path):

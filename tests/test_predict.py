@@ -14,7 +14,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -136,17 +135,7 @@ def test_top_classes_are_ranked_and_named():
 
 
 def run_predict(*args) -> subprocess.CompletedProcess[str]:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  env.pop("XLA_FLAGS", None)  # One CPU device.
-  return subprocess.run(
-      [sys.executable, "-m", "alexnet_jax.predict", *args],
-      cwd=helpers.REPO_ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=300,
-      check=False,
-  )
+  return helpers.run_module("alexnet_jax.predict", *args)  # One CPU device.
 
 
 def test_command_line_on_one_cpu_device(setup, probabilities):

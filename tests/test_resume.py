@@ -8,8 +8,6 @@ Output goes to files, never to undrained pipes.
 
 import json
 import signal
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -77,22 +75,14 @@ def test_sigterm_saves_and_restores_on_another_mesh_and_ensembles(
   # Trained on 2 devices (model=2), evaluated on 1 device holding both
   # towers; an ensemble with the uninterrupted run.
   output = tmp_path / "eval.json"
-  proc = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "alexnet_jax.evaluate",
-          f"--workdir={uninterrupted[0]}",
-          f"--workdir={workdir}",
-          "--mesh_data=1",
-          "--mesh_model=1",
-          "--crops=center,ten",
-          f"--output={output}",
-      ],
-      cwd=helpers.REPO_ROOT,
-      capture_output=True,
-      text=True,
-      timeout=300,
+  proc = helpers.run_module(
+      "alexnet_jax.evaluate",
+      f"--workdir={uninterrupted[0]}",
+      f"--workdir={workdir}",
+      "--mesh_data=1",
+      "--mesh_model=1",
+      "--crops=center,ten",
+      f"--output={output}",
   )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   results = json.loads(output.read_text())["results"]["validation"]

@@ -11,8 +11,6 @@ rest calls `train.train_and_evaluate` in this process.
 import json
 import logging
 import os
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
@@ -114,19 +112,12 @@ def test_neighbors_command_on_the_smoke_run(uninterrupted, tmp_path):
   results = []
   for mesh_model in (1, 2):
     out = str(tmp_path / f"model{mesh_model}")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "alexnet_jax.neighbors",
-            f"--workdir={workdir}",
-            f"--output_dir={out}",
-            f"--mesh_model={mesh_model}",
-            "--show=4",
-        ],
-        cwd=helpers.REPO_ROOT,
-        capture_output=True,
-        text=True,
+    proc = helpers.run_module(
+        "alexnet_jax.neighbors",
+        f"--workdir={workdir}",
+        f"--output_dir={out}",
+        f"--mesh_model={mesh_model}",
+        "--show=4",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -246,23 +237,15 @@ def test_evaluate_imported_npz_equals_its_checkpoint(
   npz = tmp_path / "weights.npz"
   weights.export_npz(npz, params)
   output = tmp_path / "npz.json"
-  proc = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "alexnet_jax.evaluate",
-          f"--npz={npz}",
-          "--config=configs/demo.py:smoke",
-          f"--config.data_dir={smoke_dirs[0]}",
-          f"--config.manual_dir={smoke_dirs[1]}",
-          "--config.cpu_devices=2",
-          "--crops=center",
-          f"--output={output}",
-      ],
-      cwd=helpers.REPO_ROOT,
-      capture_output=True,
-      text=True,
-      timeout=300,
+  proc = helpers.run_module(
+      "alexnet_jax.evaluate",
+      f"--npz={npz}",
+      "--config=configs/demo.py:smoke",
+      f"--config.data_dir={smoke_dirs[0]}",
+      f"--config.manual_dir={smoke_dirs[1]}",
+      "--config.cpu_devices=2",
+      "--crops=center",
+      f"--output={output}",
   )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   got = json.loads(output.read_text())["results"]["validation"]["center"]

@@ -1,7 +1,7 @@
 """Every mistake a user can make: one clean message, exit 2, nothing lost.
 
 Each case runs a real command line (`python -m alexnet_jax.main` or
-`.evaluate`) with its output in files, and checks the exit status, that the
+`.evaluate`) and checks the exit status, that the
 message names the offending thing, that no traceback is printed and that
 nothing already in the workdir was changed. The cases run as forks of one
 process per command (helpers.run_forked: the same module run as `python -m`
@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -40,24 +38,6 @@ def tree_digest(root: str) -> dict[str, str]:
             f.read()
         ).hexdigest()
   return digest
-
-
-def run_cli(module: str, args: list[str], tmp_path) -> tuple[int, str]:
-  """Runs `python -m module args` in a new process; (exit status, stderr)."""
-  out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  env.pop("XLA_FLAGS", None)
-  with open(out, "w") as stdout, open(err, "w") as stderr:
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=helpers.REPO_ROOT,
-        env=env,
-        stdout=stdout,
-        stderr=stderr,
-        timeout=600,
-        check=False,
-    )
-  return proc.returncode, err.read_text()
 
 
 def make_workdir(root) -> str:
@@ -415,6 +395,6 @@ def test_user_error_in_a_new_process(request, tmp_path, name):
   _, module, args, needles = next(c for c in CASES if c[0] == name)
   args, workdir, fill = prepare(request, tmp_path, module, args)
   before = tree_digest(workdir)
-  status, stderr = run_cli(f"alexnet_jax.{module}", args, tmp_path)
-  check(status, stderr, needles, fill)
+  proc = helpers.run_module(f"alexnet_jax.{module}", *args, timeout=600)
+  check(proc.returncode, proc.stderr, needles, fill)
   assert tree_digest(workdir) == before

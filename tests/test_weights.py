@@ -1,10 +1,6 @@
 """npz weight interchange in the Caffe bvlc_alexnet layout, and the
 safetensors export for PyTorch."""
 
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -189,28 +185,16 @@ def test_export_command_line(tmp_path):
   )
   npz, out = tmp_path / "w.npz", tmp_path / "w.safetensors"
   weights.export_npz(npz, params, input_channels="bgr")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "alexnet_jax.weights",
-          "export",
-          f"--npz={npz}",
-          "--input_channels=bgr",
-          f"--out={out}",
-          "--config=configs/ilsvrc2012.py:caffe_reference",
-          "--config.model.conv_features=(4,4,6,6,4)",
-          "--config.model.fc_features=(8,8)",
-          "--config.model.num_classes=10",
-      ],
-      cwd=helpers.REPO_ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=300,
-      check=False,
+  proc = helpers.run_module(
+      "alexnet_jax.weights",
+      "export",
+      f"--npz={npz}",
+      "--input_channels=bgr",
+      f"--out={out}",
+      "--config=configs/ilsvrc2012.py:caffe_reference",
+      "--config.model.conv_features=(4,4,6,6,4)",
+      "--config.model.fc_features=(8,8)",
+      "--config.model.num_classes=10",
   )
   assert proc.returncode == 0, proc.stderr
   expected, _ = weights.to_torch_layout(
@@ -245,24 +229,9 @@ def test_export_of_a_training_workdir(tmp_path):
     assert ckpt.save(12, state, force=True)
   (workdir / "config.json").write_text(config.to_json_best_effort())
   params = jax.device_get(state.params)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # One CPU device.
   for out in (tmp_path / "w.safetensors", tmp_path / "w.npz"):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "alexnet_jax.weights",
-            "export",
-            f"--workdir={workdir}",
-            f"--out={out}",
-        ],
-        cwd=helpers.REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    proc = helpers.run_module(  # One CPU device.
+        "alexnet_jax.weights", "export", f"--workdir={workdir}", f"--out={out}"
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
