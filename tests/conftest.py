@@ -140,9 +140,11 @@ def smoke_dirs(tmp_path_factory):
 def uninterrupted(smoke_dirs, tmp_path_factory):
   """A complete smoke run of the command line: (workdir, log).
 
-  A subprocess like the interrupted runs of test_resume.py, so that all of
-  them run the same compiled programs (the test process has 4 fake devices,
-  the command 2), and their parameters can be compared exactly. Never
+  A process of its own like the interrupted runs of test_resume.py (forks
+  of tests/fork_server.py), so that all of them run the same compiled
+  programs (the test process has 4 fake devices, the command 2) and their
+  parameters can be compared exactly. This one is started from nothing
+  (`python -m`), so that test_exit.py times a whole process's end. Never
   change this workdir: copy it.
   """
   from tests import helpers  # pylint: disable=g-import-not-at-top
@@ -151,7 +153,7 @@ def uninterrupted(smoke_dirs, tmp_path_factory):
     workdir = str(path)
     log = workdir + ".log"
     if not os.path.exists(os.path.join(workdir, "results.json")):
-      helpers.run_main(smoke_dirs, workdir, log=log)
+      helpers.run_main(smoke_dirs, workdir, log=log, new_process=True)
       # When the process had ended (test_exit.py).
       pathlib.Path(workdir + ".ended").touch()
     return workdir, helpers.read(log)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import ml_collections
@@ -45,11 +48,7 @@ def run_in_subprocess(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
   """Runs Python `code` with `num_devices` fake CPU devices; checks rc 0."""
-  full_env = dict(os.environ)
-  full_env["XLA_FLAGS"] = (
-      f"--xla_force_host_platform_device_count={num_devices}"
-  )
-  full_env["JAX_PLATFORMS"] = "cpu"
+  full_env = dict(os.environ, JAX_PLATFORMS="cpu", **fake_devices(num_devices))
   full_env.update(env or {})
   proc = subprocess.run(
       [sys.executable, "-c", code],
@@ -66,51 +65,7 @@ def run_in_subprocess(
   return proc
 
 
-# --- Many runs of one command line, each a fork of one process. ---
-
-# What runs in that process: it imports what the project's command lines
-# share, then forks once per run; a child sets its argv and output files and
-# runs the module as `python -m` does (runpy, `__name__ == "__main__"`), so
-# the command's flags, its `cli.run`, its messages and its exit status are
-# the real ones, without paying the interpreter's start and these imports
-# for every run (5-9 s each on 2 cores, most of a user-error case).
-_FORK_SERVER = r"""
-import json
-import os
-import runpy
-import sys
-import traceback
-
-import jax  # noqa: F401
-from ml_collections import config_flags  # noqa: F401
-
-from alexnet_jax import cli  # noqa: F401
-from alexnet_jax import eval_lib  # noqa: F401
-from alexnet_jax import train  # noqa: F401 (TensorFlow, TFDS, orbax)
-
-module, runs = sys.argv[1], json.loads(sys.argv[2])
-statuses = []
-for argv, out, err in runs:
-  pid = os.fork()
-  if pid == 0:
-    for fd, path in ((1, out), (2, err)):
-      os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-    sys.argv = [module, *argv]
-    status = 1
-    try:
-      runpy.run_module(module, run_name="__main__", alter_sys=True)
-      status = 0
-    except SystemExit as e:
-      status = e.code if isinstance(e.code, int) else int(e.code is not None)
-    except BaseException:
-      traceback.print_exc()
-    finally:
-      sys.stdout.flush()
-      sys.stderr.flush()
-      os._exit(status)
-  statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-print(json.dumps(statuses))
-"""
+# --- The project's command lines, as the tests start them. ---
 
 
 def command_env() -> dict[str, str]:
@@ -121,12 +76,150 @@ def command_env() -> dict[str, str]:
   return env
 
 
+class _ForkServer:
+  """tests/fork_server.py, running (one per test process)."""
+
+  def __init__(self):
+    self._log = tempfile.TemporaryFile("w+")
+    self._proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fork_server"],
+        cwd=REPO_ROOT,
+        env=command_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=self._log,
+        text=True,
+    )
+
+  def request(self, **request):
+    self._proc.stdin.write(json.dumps(request) + "\n")
+    self._proc.stdin.flush()
+    reply = self._proc.stdout.readline()
+    if not reply:
+      self._log.seek(0)
+      raise RuntimeError(f"the fork server ended:\n{self._log.read()}")
+    return json.loads(reply)
+
+  def close(self):
+    self._proc.stdin.close()
+    self._proc.wait(timeout=60)
+
+
+_fork_server: _ForkServer | None = None
+
+
+def _server() -> _ForkServer:
+  global _fork_server
+  if _fork_server is None:
+    _fork_server = _ForkServer()
+    atexit.register(_fork_server.close)
+  return _fork_server
+
+
+class Command:
+  """A command line started by `start_module`: what the tests use of
+  `subprocess.Popen` (pid, poll, wait, send_signal, kill, returncode)."""
+
+  def __init__(self, args, pid):
+    self.args, self.pid, self.returncode = args, pid, None
+
+  def wait(self, timeout: float | None = None) -> int:
+    if self.returncode is None:
+      self.returncode = _server().request(wait=self.pid, timeout=timeout)[
+          "returncode"
+      ]
+      if self.returncode is None:
+        raise subprocess.TimeoutExpired(self.args, timeout)
+    return self.returncode
+
+  def poll(self) -> int | None:
+    try:
+      return self.wait(timeout=0)
+    except subprocess.TimeoutExpired:
+      return None
+
+  def send_signal(self, sig: int):
+    if self.returncode is None:  # Not yet reaped: the pid is still its own.
+      os.kill(self.pid, sig)
+
+  def kill(self):
+    self.send_signal(signal.SIGKILL)
+
+
+def start_module(
+    module: str,
+    *args: str,
+    stdout: str,
+    stderr: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Command:
+  """Starts `python -m module args` in the repository root, as a fork of
+  tests/fork_server.py (the same run without a new interpreter's start and
+  imports; `command_env` plus `env`). Output goes to files (`stderr` None:
+  into `stdout`'s file), never to pipes that nobody reads.
+  """
+  return _start(dict(module=module), ["-m", module], args, stdout, stderr, env)
+
+
+def start_code(
+    code: str,
+    *args: str,
+    stdout: str,
+    stderr: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Command:
+  """Starts `python -c code args` like `start_module`."""
+  return _start(dict(code=code), ["-c", "..."], args, stdout, stderr, env)
+
+
+def _start(what, shown, args, stdout, stderr, env) -> Command:
+  request = dict(what, argv=list(args), stdout=stdout, stderr=stderr)
+  pid = _server().request(start=dict(request, env=env or {}))["pid"]
+  return Command(["python", *shown, *args], pid)
+
+
+def _run(start, *args, timeout, env=None) -> subprocess.CompletedProcess[str]:
+  with tempfile.TemporaryDirectory() as tmp:
+    out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+    command = start(*args, stdout=out, stderr=err, env=env)
+    try:
+      command.wait(timeout)
+    finally:
+      command.kill()
+    return subprocess.CompletedProcess(
+        command.args, command.returncode, read(out), read(err)
+    )
+
+
 def run_module(
     module: str, *args: str, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-  """Runs `python -m module args` in the repository root (`command_env`)
-  to its end; its stdout and stderr are captured, the exit status is not
-  checked."""
+  """Runs `python -m module args` (`start_module`) to its end; returns its
+  stdout and stderr; the exit status is not checked."""
+  return _run(start_module, module, *args, timeout=timeout)
+
+
+def run_code(
+    code: str, *args: str, num_devices: int, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+  """Runs `python -c code args` (`start_code`) with `num_devices` fake CPU
+  devices to its end, like `run_module`."""
+  return _run(
+      start_code, code, *args, timeout=timeout, env=fake_devices(num_devices)
+  )
+
+
+def fake_devices(num_devices: int) -> dict[str, str]:
+  """The environment addition that gives a command `num_devices` CPU
+  devices (XLA reads it when the command makes its devices)."""
+  return dict(XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+
+
+def run_new_process(
+    module: str, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+  """`run_module` as a process started from nothing (`python -m`), for the
+  few tests that are about the process itself."""
   return subprocess.run(
       [sys.executable, "-m", module, *args],
       cwd=REPO_ROOT,
@@ -136,25 +229,6 @@ def run_module(
       timeout=timeout,
       check=False,
   )
-
-
-def run_forked(
-    module: str, runs: list[tuple[list[str], str, str]], timeout: float = 600
-) -> list[int]:
-  """Runs `python -m module argv` for every (argv, stdout file, stderr file)
-  of `runs`, one after the other, as forks of one process (`_FORK_SERVER`);
-  returns their exit statuses. Environment: `command_env`.
-  """
-  proc = subprocess.run(
-      [sys.executable, "-c", _FORK_SERVER, module, json.dumps(runs)],
-      cwd=REPO_ROOT,
-      env=command_env(),
-      capture_output=True,
-      text=True,
-      timeout=timeout,
-  )
-  assert proc.returncode == 0, proc.stderr
-  return json.loads(proc.stdout.splitlines()[-1])
 
 
 # --- The training program on the `configs/demo.py:smoke` data set (the
@@ -171,11 +245,9 @@ def smoke_config(dirs, arg: str = "smoke", **overrides):
   return config
 
 
-def main_command(dirs, workdir, *flags, config="configs/demo.py:smoke"):
+def main_args(dirs, workdir, *flags, config="configs/demo.py:smoke"):
+  """The flags of `alexnet_jax.main` for a run on the smoke data."""
   return [
-      sys.executable,
-      "-m",
-      "alexnet_jax.main",
       f"--config={config}",
       f"--workdir={workdir}",
       f"--config.data_dir={dirs[0]}",
@@ -185,17 +257,26 @@ def main_command(dirs, workdir, *flags, config="configs/demo.py:smoke"):
 
 
 def start_main(
-    dirs, workdir, *flags, log: str, config="configs/demo.py:smoke"
-) -> subprocess.Popen:
+    dirs,
+    workdir,
+    *flags,
+    log: str,
+    config="configs/demo.py:smoke",
+    new_process=False,
+) -> Command | subprocess.Popen:
   """Starts the command line; its stdout and stderr go to the file `log`.
 
-  A file, not a pipe: a process that logs more than a pipe holds while
-  nobody reads it would block.
+  A fork of the fork server (`start_module`), or with `new_process` a
+  process started from nothing.
   """
+  args = main_args(dirs, workdir, *flags, config=config)
+  if not new_process:
+    return start_module("alexnet_jax.main", *args, stdout=log)
   with open(log, "w") as f:
     return subprocess.Popen(
-        main_command(dirs, workdir, *flags, config=config),
+        [sys.executable, "-m", "alexnet_jax.main", *args],
         cwd=REPO_ROOT,
+        env=command_env(),
         stdout=f,
         stderr=subprocess.STDOUT,
         text=True,
@@ -214,14 +295,18 @@ def run_main(
     config="configs/demo.py:smoke",
     check=True,
     log: str | None = None,
+    new_process=False,
 ) -> subprocess.CompletedProcess[str]:
-  """Runs the command line to its end (output: stdout and stderr, merged).
-
-  The output goes to the file `log` (default: `workdir` + ".log").
-  """
+  """Runs the command line (`start_main`) to its end (output: stdout and
+  stderr, merged, also in the file `log`; default `workdir` + ".log")."""
   log = log or workdir.rstrip("/") + ".log"
-  proc = start_main(dirs, workdir, *flags, log=log, config=config)
-  proc.wait(timeout=600)
+  proc = start_main(
+      dirs, workdir, *flags, log=log, config=config, new_process=new_process
+  )
+  try:
+    proc.wait(timeout=600)
+  finally:
+    proc.kill()
   out = read(log)
   if check:
     assert proc.returncode == 0, out

@@ -1,7 +1,7 @@
 """The ablation runner (alexnet_jax/ablate.py).
 
-The study runs as the real command line in a subprocess (it sets its own
-fake device count), on the smoke data set of the session fixture
+The study runs as the real command line in a process of its own (it sets
+its own fake device count; helpers.run_module), on the smoke data set of the session fixture
 `smoke_dirs` (tests/conftest.py).
 """
 
@@ -10,8 +10,6 @@ fake device count), on the smoke data set of the session fixture
 import json
 import math
 import os
-import subprocess
-import sys
 
 from PIL import Image
 import pytest
@@ -23,28 +21,15 @@ from tests import helpers
 SMOKE = "configs/demo.py:smoke"
 
 
-def ablate_command(workdir, dirs, *flags):
-  return [
-      sys.executable,
-      "-m",
+def run_ablate(workdir, dirs, *flags):
+  return helpers.run_module(
       "alexnet_jax.ablate",
       f"--config={SMOKE}",
       f"--workdir={workdir}",
       f"--config.data_dir={dirs[0]}",
       f"--config.manual_dir={dirs[1]}",
       *flags,
-  ]
-
-
-def run_ablate(workdir, dirs, *flags):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run(
-      ablate_command(workdir, dirs, *flags),
-      cwd=helpers.REPO_ROOT,
-      capture_output=True,
-      text=True,
       timeout=600,
-      env=env,
   )
 
 

@@ -1,10 +1,8 @@
 """Checkpoints: round trip, other meshes, crashes, preemption, clear errors."""
 
 import os
+import re
 import signal
-import subprocess
-import sys
-import tempfile
 import textwrap
 import time
 
@@ -49,15 +47,6 @@ def _assert_same(a, b):
 
 def _assert_sharding(x, sharding):
   assert x.sharding == sharding, (x.sharding, sharding)
-
-
-def _child_env(num_devices=2):
-  """helpers.run_in_subprocess's environment, for children that must be
-  killed or signalled (that helper waits and expects exit code 0)."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
-  env["JAX_PLATFORMS"] = "cpu"
-  return env
 
 
 def test_fresh_workdir_gives_back_the_template(tmp_path):
@@ -278,13 +267,8 @@ _CRASH_DURING_SAVE = textwrap.dedent("""
 
 
 def test_half_written_checkpoint_is_never_restored(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-c", _CRASH_DURING_SAVE, str(tmp_path)],
-      cwd=helpers.REPO_ROOT,
-      env=_child_env(),
-      capture_output=True,
-      text=True,
-      timeout=120,
+  proc = helpers.run_code(
+      _CRASH_DURING_SAVE, str(tmp_path), num_devices=2, timeout=120
   )
   assert proc.returncode == -signal.SIGKILL, (proc.stdout, proc.stderr)
   directory = os.path.join(tmp_path, checkpoint.CHECKPOINT_SUBDIR)
@@ -347,28 +331,27 @@ _PREEMPTIBLE_LOOP = textwrap.dedent("""
 
 
 def test_sigterm_saves_at_the_step_boundary_and_exits_cleanly(tmp_path):
-  with tempfile.TemporaryFile("w+") as stderr:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _PREEMPTIBLE_LOOP, str(tmp_path)],
-        cwd=helpers.REPO_ROOT,
-        env=_child_env(),
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
+  workdir, log = str(tmp_path / "run"), str(tmp_path / "run.log")
+  proc = helpers.start_code(
+      _PREEMPTIBLE_LOOP, workdir, stdout=log, env=helpers.fake_devices(2)
+  )
+  try:
+    _wait_for(
+        lambda: "READY" in helpers.read(log) or proc.poll() is not None,
+        timeout=120,
     )
-    try:
-      assert proc.stdout.readline().strip() == "READY"
-      proc.send_signal(signal.SIGTERM)
-      stdout, _ = proc.communicate(timeout=120)
-    finally:
-      proc.kill()
-    stderr.seek(0)
-    assert proc.returncode == 0, stderr.read()
-  stopped_at = int(stdout.split("STOPPED")[1])
+    assert proc.poll() is None, helpers.read(log)
+    proc.send_signal(signal.SIGTERM)  # To the child, never to pytest.
+    proc.wait(timeout=120)
+  finally:
+    proc.kill()
+  out = helpers.read(log)
+  assert proc.returncode == 0, out
+  stopped_at = int(re.search(r"STOPPED (\d+)", out).group(1))
   assert stopped_at >= 3
 
   template, shardings = _state(seed=4)
-  with checkpoint.Checkpointer(tmp_path) as ckpt:
+  with checkpoint.Checkpointer(workdir) as ckpt:
     assert ckpt.all_steps() == [stopped_at]
     restored, extra = ckpt.restore_or(template, shardings)
   assert extra == {"data": {"step": stopped_at}}

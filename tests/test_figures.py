@@ -7,8 +7,6 @@ numbers of a training run are checked in test_train.py.
 import gzip
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
@@ -153,25 +151,17 @@ def test_relu_vs_tanh_is_deterministic():
 
 @needs_fashion_mnist
 def test_relu_vs_tanh_command(tmp_path):
-  proc = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "alexnet_jax.relu_vs_tanh",
-          f"--workdir={tmp_path}",
-          "--max_train_images=512",
-          "--epochs=1",
-          "--evals_per_epoch=2",
-          "--error_images=256",
-          "--relu_learning_rates=0.02,0.05",
-          "--tanh_learning_rates=0.05",
-          "--target_error=0.8",
-          "--extra_targets=0.5",
-      ],
-      cwd=helpers.REPO_ROOT,
-      capture_output=True,
-      text=True,
-      timeout=300,
+  proc = helpers.run_module(
+      "alexnet_jax.relu_vs_tanh",
+      f"--workdir={tmp_path}",
+      "--max_train_images=512",
+      "--epochs=1",
+      "--evals_per_epoch=2",
+      "--error_images=256",
+      "--relu_learning_rates=0.02,0.05",
+      "--tanh_learning_rates=0.05",
+      "--target_error=0.8",
+      "--extra_targets=0.5",
   )
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert f"wrote {tmp_path}/relu_vs_tanh.png" in proc.stdout
@@ -194,17 +184,10 @@ def test_relu_vs_tanh_command(tmp_path):
 
 
 def test_missing_fashion_mnist_names_the_package(tmp_path):
-  proc = subprocess.run(
-      [
-          sys.executable,
-          "-m",
-          "alexnet_jax.relu_vs_tanh",
-          f"--workdir={tmp_path}",
-          f"--data_dir={tmp_path}",
-      ],
-      cwd=helpers.REPO_ROOT,
-      capture_output=True,
-      text=True,
+  proc = helpers.run_module(
+      "alexnet_jax.relu_vs_tanh",
+      f"--workdir={tmp_path}",
+      f"--data_dir={tmp_path}",
       timeout=120,
   )
   assert proc.returncode != 0

@@ -3,10 +3,10 @@
 Each case runs a real command line (`python -m alexnet_jax.main` or
 `.evaluate`) and checks the exit status, that the
 message names the offending thing, that no traceback is printed and that
-nothing already in the workdir was changed. The cases run as forks of one
-process per command (helpers.run_forked: the same module run as `python -m`
-runs it, without the interpreter's start and imports for each case); two
-also run as a process of their own, started from nothing.
+nothing already in the workdir was changed. The cases run as forks of the
+test process's fork server (helpers.start_module: the module run as
+`python -m` runs it, without the interpreter's start and imports for each
+case); two also run as a process of their own, started from nothing.
 """
 
 from __future__ import annotations
@@ -358,12 +358,11 @@ def outcomes(request, tmp_path_factory):
     out, err = str(root / "stdout.txt"), str(root / "stderr.txt")
     cases[name] = (module, args, out, err, workdir, fill, tree_digest(workdir))
   statuses = {}
-  for module in sorted({c[0] for c in cases.values()}):
-    names = [name for name, c in cases.items() if c[0] == module]
-    runs = [cases[name][1:4] for name in names]
-    statuses.update(
-        zip(names, helpers.run_forked(f"alexnet_jax.{module}", runs))
+  for name, (module, args, out, err, *_) in cases.items():
+    command = helpers.start_module(
+        f"alexnet_jax.{module}", *args, stdout=out, stderr=err
     )
+    statuses[name] = command.wait(timeout=600)
   return {
       name: (
           statuses[name],
@@ -395,6 +394,6 @@ def test_user_error_in_a_new_process(request, tmp_path, name):
   _, module, args, needles = next(c for c in CASES if c[0] == name)
   args, workdir, fill = prepare(request, tmp_path, module, args)
   before = tree_digest(workdir)
-  proc = helpers.run_module(f"alexnet_jax.{module}", *args, timeout=600)
+  proc = helpers.run_new_process(f"alexnet_jax.{module}", *args, timeout=600)
   check(proc.returncode, proc.stderr, needles, fill)
   assert tree_digest(workdir) == before
