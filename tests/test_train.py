@@ -11,6 +11,7 @@ rest calls `train.train_and_evaluate` in this process.
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -206,25 +207,24 @@ def test_plateau_drops_are_logged_and_recorded_survive_a_resume_and_stop(
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
-    smoke_dirs, tmp_path, caplog
+    smoke_dirs, uninterrupted, tmp_path, caplog
 ):
   workdir = str(tmp_path / "nan")
-  train.train_and_evaluate(smoke_config(smoke_dirs, num_epochs=1), workdir)
-  assert checkpoint.Checkpointer(workdir).latest_step() == 5
-  config = smoke_config(smoke_dirs, num_epochs=2, log_every_steps=1)
+  shutil.copytree(uninterrupted[0], workdir)  # Its last checkpoint: step 10.
+  config = smoke_config(smoke_dirs, num_epochs=3, log_every_steps=1)
   config.optim.learning_rate = 1e30
-  # Resumed at step 5: step 6 uses the rate (its loss is still finite),
-  # step 7's loss is not.
+  # Resumed at step 10: step 11 uses the rate (its loss is still finite),
+  # step 12's loss is not.
   with (
       caplog.at_level(logging.INFO),
       pytest.raises(
           train.TrainingError,
-          match=r"loss is (nan|inf) at step 7: .*step 5\) is kept",
+          match=r"loss is (nan|inf) at step 12: .*step 10\) is kept",
       ),
   ):
     train.train_and_evaluate(config, workdir)
-  assert "resumed from step 5" in caplog.text
-  assert checkpoint.Checkpointer(workdir).latest_step() == 5
+  assert "resumed from step 10" in caplog.text
+  assert checkpoint.Checkpointer(workdir).latest_step() == 10
 
 
 def test_evaluate_imported_npz_equals_its_checkpoint(
