@@ -94,6 +94,9 @@ def main():
   while line := sys.stdin.readline():
     request = json.loads(line)
     if "start" in request:
+      for path in (request["start"]["stdout"], request["start"]["stderr"]):
+        if path:  # Made before the reply: the caller may read them at once.
+          os.close(_open(path))
       sys.stdout.flush()
       sys.stderr.flush()
       pid = os.fork()
