@@ -116,9 +116,15 @@ def _train_records(
         epoch == start_epoch, tf.constant(skip_in_start_epoch, tf.int64), 0
     )
     ds = ds.skip(skip)
-    return ds.map(lambda position, record: (epoch, position, record))
+    return ds.map(
+        input_decoding.no_autograph(
+            lambda position, record: (epoch, position, record)
+        )
+    )
 
-  return tf.data.Dataset.counter(start_epoch).flat_map(epoch_records)
+  return tf.data.Dataset.counter(start_epoch).flat_map(
+      input_decoding.no_autograph(epoch_records)
+  )
 
 
 def train_dataset_from_records(
@@ -231,7 +237,10 @@ def train_dataset_from_records(
 
   # Per example only the JPEG window is decoded (uint8); everything that
   # touches float pixels runs once per batch in one fused XLA loop.
-  ds = stream.map(decode_and_draw, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = stream.map(
+      input_decoding.no_autograph(decode_and_draw),
+      num_parallel_calls=tf.data.AUTOTUNE,
+  )
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.map(
       _make_train_finish(stats, crop_size, pca_lighting_scale),
@@ -256,7 +265,7 @@ def _make_train_finish(
   mean_image = tf.constant(stats.mean_image)
   lighting = tf.constant(stats.lighting_matrix(pca_lighting_scale))
 
-  @tf.function(jit_compile=True)
+  @tf.function(jit_compile=True, autograph=False)
   def finish(batch):
     j = tf.range(crop_size)
     # Output column j shows crop column `source[b, j]`: mirrored if flipped.
@@ -426,7 +435,9 @@ def eval_dataset_from_records(
     example.update({k: record[k] for k in extra_keys})
     return example
 
-  ds = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = records.map(
+      input_decoding.no_autograph(decode), num_parallel_calls=tf.data.AUTOTUNE
+  )
   padding_example = {
       key: tf.zeros(spec.shape, spec.dtype)
       for key, spec in ds.element_spec.items()
@@ -470,7 +481,7 @@ def _make_eval_finish(stats: InputStats, crop_size: int, crops: Crops):
     )
   mean = tf.constant(mean)
 
-  @tf.function(jit_compile=True)
+  @tf.function(jit_compile=True, autograph=False)
   def normalize(pixels, mask):
     if flat_index is None:
       pixels = pixels[:, top : top + crop_size, left : left + crop_size]

@@ -267,9 +267,15 @@ def compute_stats(images: tf.data.Dataset, batch_size: int = 64) -> InputStats:
     }
 
   sums = (
-      images.map(moments, num_parallel_calls=tf.data.AUTOTUNE)
+      images.map(
+          input_decoding.no_autograph(moments),
+          num_parallel_calls=tf.data.AUTOTUNE,
+      )
       .batch(batch_size)
-      .map(batch_sums, num_parallel_calls=tf.data.AUTOTUNE)
+      .map(
+          input_decoding.no_autograph(batch_sums),
+          num_parallel_calls=tf.data.AUTOTUNE,
+      )
       .prefetch(2)
   )
   image_sum = 0
@@ -335,8 +341,10 @@ def compute_or_load_stats(
     records = records.take(max_images)
   prepared = input_decoding.images_prepared(builder, image_size)
   images = records.map(
-      lambda r: input_decoding.decode_prepared(
-          r["image"], image_size, prepared
+      input_decoding.no_autograph(
+          lambda r: input_decoding.decode_prepared(
+              r["image"], image_size, prepared
+          )
       ),
       num_parallel_calls=tf.data.AUTOTUNE,
   )
