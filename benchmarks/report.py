@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import collections
+import json
+import sys
 from typing import Any
 
 from benchmarks import costs
@@ -186,3 +188,16 @@ def format_report(report: dict[str, Any]) -> str:
         f"{i['best_images_per_s']:.1f} (benchmarks/input_pipeline.py)"
     )
   return "\n".join(lines)
+
+
+def emit(report: dict[str, Any], tool: str, text: str, json_path: str | None):
+  """A benchmark command's ending: records its command line in `report`,
+  prints `text` (the report as a table) and writes `report` to `json_path`
+  (None: nowhere)."""
+  report["command"] = " ".join([f"python -m {tool}"] + sys.argv[1:])
+  print()
+  print(text)
+  if json_path:
+    with open(json_path, "w", encoding="utf-8") as out:
+      json.dump(report, out, indent=2, default=float)
+    print(f"wrote {json_path}")

@@ -51,11 +51,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 import functools
-import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any
@@ -572,15 +570,9 @@ def main(argv: Sequence[str]) -> None:
   if f.input:
     report["input_pipeline"] = benchmark_input()
   report["load_average_end"] = os.getloadavg()
-  report["command"] = " ".join(
-      ["python -m benchmarks.train_step"] + sys.argv[1:]
+  report_lib.emit(
+      report, "benchmarks.train_step", report_lib.format_report(report), f.json
   )
-  print()
-  print(report_lib.format_report(report))
-  if f.json:
-    with open(f.json, "w", encoding="utf-8") as out:
-      json.dump(report, out, indent=2, default=float)
-    print(f"wrote {f.json}")
 
 
 if __name__ == "__main__":

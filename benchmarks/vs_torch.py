@@ -19,11 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import functools
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -35,6 +33,7 @@ from alexnet_jax import cli
 from alexnet_jax import model as model_lib
 from alexnet_jax import weights
 from benchmarks import machine
+from benchmarks import report as report_lib
 from benchmarks import train_step
 
 
@@ -227,7 +226,6 @@ def define_flags() -> None:
   flags.DEFINE_integer("rounds", 7, "Timed rounds (one step of each case).")
   flags.DEFINE_integer("warmup", 2, "Untimed steps of each case first.")
   flags.DEFINE_integer("cpu_devices", 2, "Fake CPU devices for JAX.")
-  flags.DEFINE_enum("dtype", "float32", ["float32"], "Compute dtype.")
   flags.DEFINE_string("json", None, "Write the report here as JSON.")
 
 
@@ -262,13 +260,7 @@ def main(argv: Sequence[str]) -> None:
       reference=f.reference,
       log=functools.partial(print, flush=True),
   )
-  report["command"] = " ".join(["python -m benchmarks.vs_torch"] + sys.argv[1:])
-  print()
-  print(format_report(report))
-  if f.json:
-    with open(f.json, "w", encoding="utf-8") as out:
-      json.dump(report, out, indent=2, default=float)
-    print(f"wrote {f.json}")
+  report_lib.emit(report, "benchmarks.vs_torch", format_report(report), f.json)
 
 
 if __name__ == "__main__":
