@@ -70,10 +70,9 @@ def run_in_subprocess(
 
 def command_env() -> dict[str, str]:
   """The environment of a command line started by a test: the CPU backend
-  and no fake-device flags (a command makes its config's devices itself)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  env.pop("XLA_FLAGS", None)
-  return env
+  and the session's XLA_FLAGS (tests/conftest.py: no fake-device flag; a
+  command makes its config's devices itself)."""
+  return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
 
 
 class _ForkServer:
@@ -212,7 +211,10 @@ def run_code(
 def fake_devices(num_devices: int) -> dict[str, str]:
   """The environment addition that gives a command `num_devices` CPU
   devices (XLA reads it when the command makes its devices)."""
-  return dict(XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+  flags = os.environ.get("XLA_FLAGS", "")
+  return dict(
+      XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={num_devices}"
+  )
 
 
 def run_new_process(

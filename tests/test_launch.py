@@ -280,8 +280,7 @@ def test_notebook_runs_demo(tmp_path):
       ALEXNET_JAX_SKIP_INSTALL="1",
       JAX_PLATFORMS="cpu",
       TF_CPP_MIN_LOG_LEVEL="2",
-  )
-  env.pop("XLA_FLAGS", None)
+  )  # With the session's XLA_FLAGS (tests/conftest.py).
   # The kernel runs this interpreter (jupyter_client maps the kernel spec's
   # "python" to sys.executable), in the repository root like a checkout.
   client = nbclient.NotebookClient(
