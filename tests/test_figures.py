@@ -121,53 +121,38 @@ def test_fashion_mnist_loader():
   assert set(np.unique(raw["train_labels"])) == set(range(10))
 
 
-@needs_fashion_mnist
-def test_relu_vs_tanh_is_deterministic():
-  raw = relu_vs_tanh.load_fashion_mnist()
-  data = relu_vs_tanh.make_data(raw, 512, 256, seed=3)
-
-  def run():
-    return relu_vs_tanh.run_figure(
-        data,
-        # One activation: both share train_run (half the compiling).
-        dict(relu=[0.05]),
-        target=0.8,
-        extra_targets=[],
-        epochs=1,
-        evals_per_epoch=2,
-        batch_size=128,
-        seed=3,
-        log=lambda _: 0,
-    )
-
-  first, second = run(), run()
-  assert len(first["runs"]) == len(second["runs"]) == 1
-  for a, b in zip(first["runs"], second["runs"]):
-    assert a["train_error"] == b["train_error"]
-    assert all(0.0 <= e <= 1.0 for e in a["train_error"])
-    assert a["epochs"] == [0.0, 0.5, 1.0]
-  assert first["summary"] == second["summary"]
+# The command's settings (its seed: the default, 0).
+COMMAND_RUN = dict(
+    max_train_images=512,
+    epochs=1,
+    evals_per_epoch=2,
+    error_images=256,
+    relu_learning_rates="0.02,0.05",
+    tanh_learning_rates="0.05",
+    target_error=0.8,
+    extra_targets=0.5,
+)
 
 
-@needs_fashion_mnist
-def test_relu_vs_tanh_command(tmp_path):
+@pytest.fixture(scope="module")
+def relu_vs_tanh_command(tmp_path_factory):
+  """The figure's command line, run once: (workdir, stdout, results.json)."""
+  workdir = tmp_path_factory.mktemp("relu_vs_tanh")
   proc = helpers.run_module(
       "alexnet_jax.relu_vs_tanh",
-      f"--workdir={tmp_path}",
-      "--max_train_images=512",
-      "--epochs=1",
-      "--evals_per_epoch=2",
-      "--error_images=256",
-      "--relu_learning_rates=0.02,0.05",
-      "--tanh_learning_rates=0.05",
-      "--target_error=0.8",
-      "--extra_targets=0.5",
+      f"--workdir={workdir}",
+      *(f"--{k}={v}" for k, v in COMMAND_RUN.items()),
   )
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  assert f"wrote {tmp_path}/relu_vs_tanh.png" in proc.stdout
-  assert "training error 80%:" in proc.stdout
-  with open(tmp_path / "relu_vs_tanh.json") as f:
-    result = json.load(f)
+  with open(workdir / "relu_vs_tanh.json") as f:
+    return workdir, proc.stdout, json.load(f)
+
+
+@needs_fashion_mnist
+def test_relu_vs_tanh_command(relu_vs_tanh_command):
+  workdir, stdout, result = relu_vs_tanh_command
+  assert f"wrote {workdir}/relu_vs_tanh.png" in stdout
+  assert "training error 80%:" in stdout
   assert result["data"]["train_images"] == 512
   assert [(r["activation"], r["learning_rate"]) for r in result["runs"]] == [
       ("relu", 0.02),
@@ -179,8 +164,33 @@ def test_relu_vs_tanh_command(tmp_path):
   for activation in ("relu", "tanh"):
     if row[activation] is not None:
       assert 0 <= row[activation]["epochs"] <= 1
-  picture = np.asarray(Image.open(tmp_path / "relu_vs_tanh.png"))
+  picture = np.asarray(Image.open(workdir / "relu_vs_tanh.png"))
   assert picture.shape == (440, 640, 3)
+
+
+@needs_fashion_mnist
+def test_relu_vs_tanh_is_deterministic(relu_vs_tanh_command):
+  """One of the command's runs again, here: the same curve, bit for bit."""
+  _, _, result = relu_vs_tanh_command
+  data = relu_vs_tanh.make_data(
+      relu_vs_tanh.load_fashion_mnist(), 512, 256, seed=0
+  )
+  again = relu_vs_tanh.run_figure(
+      data,
+      dict(tanh=[0.05]),
+      target=0.8,
+      extra_targets=[0.5],
+      epochs=1,
+      evals_per_epoch=2,
+      batch_size=128,
+      seed=0,
+      log=lambda _: 0,
+  )
+  (run,) = again["runs"]
+  assert run["epochs"] == [0.0, 0.5, 1.0]
+  assert all(0.0 <= e <= 1.0 for e in run["train_error"])
+  assert run["train_error"] == result["runs"][2]["train_error"]
+  assert run["epochs_to_target"] == result["runs"][2]["epochs_to_target"]
 
 
 def test_missing_fashion_mnist_names_the_package(tmp_path):
