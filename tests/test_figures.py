@@ -121,7 +121,7 @@ def test_fashion_mnist_loader():
   assert set(np.unique(raw["train_labels"])) == set(range(10))
 
 
-# The command's settings (its seed: the default, 0).
+# The command's settings (its seed and batch size: the defaults, 0 and 128).
 COMMAND_RUN = dict(
     max_train_images=512,
     epochs=1,
@@ -172,25 +172,30 @@ def test_relu_vs_tanh_command(relu_vs_tanh_command):
 def test_relu_vs_tanh_is_deterministic(relu_vs_tanh_command):
   """One of the command's runs again, here: the same curve, bit for bit."""
   _, _, result = relu_vs_tanh_command
+  c = COMMAND_RUN
   data = relu_vs_tanh.make_data(
-      relu_vs_tanh.load_fashion_mnist(), 512, 256, seed=0
+      relu_vs_tanh.load_fashion_mnist(),
+      c["max_train_images"],
+      c["error_images"],
+      seed=0,
   )
   again = relu_vs_tanh.run_figure(
       data,
-      dict(tanh=[0.05]),
-      target=0.8,
-      extra_targets=[0.5],
-      epochs=1,
-      evals_per_epoch=2,
-      batch_size=128,
+      dict(tanh=[float(c["tanh_learning_rates"])]),
+      target=c["target_error"],
+      extra_targets=[c["extra_targets"]],
+      epochs=c["epochs"],
+      evals_per_epoch=c["evals_per_epoch"],
+      batch_size=128,  # The command's default, like the seed.
       seed=0,
       log=lambda _: 0,
   )
   (run,) = again["runs"]
+  (want,) = [r for r in result["runs"] if r["activation"] == "tanh"]
   assert run["epochs"] == [0.0, 0.5, 1.0]
   assert all(0.0 <= e <= 1.0 for e in run["train_error"])
-  assert run["train_error"] == result["runs"][2]["train_error"]
-  assert run["epochs_to_target"] == result["runs"][2]["epochs_to_target"]
+  assert run["train_error"] == want["train_error"]
+  assert run["epochs_to_target"] == want["epochs_to_target"]
 
 
 def test_missing_fashion_mnist_names_the_package(tmp_path):
