@@ -275,12 +275,7 @@ def test_notebook_runs_demo(tmp_path):
   nb.cells.insert(
       _parameters_cell_index(nb) + 1, nbformat.v4.new_code_cell(overrides)
   )
-  env = dict(
-      os.environ,
-      ALEXNET_JAX_SKIP_INSTALL="1",
-      JAX_PLATFORMS="cpu",
-      TF_CPP_MIN_LOG_LEVEL="2",
-  )  # With the session's XLA_FLAGS (tests/conftest.py).
+  env = dict(helpers.command_env(), ALEXNET_JAX_SKIP_INSTALL="1")
   # The kernel runs this interpreter (jupyter_client maps the kernel spec's
   # "python" to sys.executable), in the repository root like a checkout.
   client = nbclient.NotebookClient(
