@@ -15,7 +15,8 @@ not rescale), and §5's update rule:
 (no weight decay on biases, as alexnet_jax's default). The weights are
 alexnet_jax's, in the Caffe layout (`alexnet_jax.weights.to_caffe_layout`,
 which is PyTorch's too), so the two programs start from the same values and
-`vs_torch.py` checks that both compute the same loss before it times them.
+`vs_torch.py` checks that both compute the same test-time logits before it
+times them.
 
 torch is a dependency of this benchmark only: nothing in `alexnet_jax` or
 its tests imports this file.
@@ -29,15 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
-# (stride, padding, groups) of each convolution; conv1's padding depends on
-# the image size (`_conv1_padding`).
+# (stride, padding, one group per tower) of each convolution; conv1's padding
+# depends on the image size (`_conv1_padding`).
 CONV = {
-    "conv1": (4, None, 1),
-    "conv2": (1, 2, 2),
-    "conv3": (1, 1, 1),
-    "conv4": (1, 1, 2),
-    "conv5": (1, 1, 2),
+    "conv1": (4, 0, False),
+    "conv2": (1, 2, True),
+    "conv3": (1, 1, False),
+    "conv4": (1, 1, True),
+    "conv5": (1, 1, True),
 }
 
 
@@ -88,11 +88,10 @@ class AlexNet(torch.nn.Module):
   def forward(self, x_nchw: torch.Tensor, train: bool) -> torch.Tensor:
     pad = _conv1_padding(x_nchw.shape[-1])
     x = F.pad(x_nchw, (0, pad, 0, pad))
-    for layer in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+    for layer, (stride, padding, per_tower) in CONV.items():
       w, b = self._p(layer)
-      stride, padding, groups = CONV[layer]
-      groups = self.towers if groups == 2 else 1
-      x = F.relu(F.conv2d(x, w, b, stride, padding or 0, groups=groups))
+      groups = self.towers if per_tower else 1
+      x = F.relu(F.conv2d(x, w, b, stride, padding, groups=groups))
       if layer in ("conv1", "conv2"):
         x = F.max_pool2d(lrn(x, self.towers), 3, 2)
       elif layer == "conv5":

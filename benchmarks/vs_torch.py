@@ -124,14 +124,11 @@ def run(
   threads = os.cpu_count() or 1
   batch = train_step.random_batch(config, batch_size)
   cases: dict[str, Any] = {}
-  compile_s: dict[str, float] = {}
   for shape in meshes:
     name = f"jax {shape[0]}x{shape[1]}"
     log(f"{name}: compiling ...")
     # Its batch is `batch` (train_step.random_batch, the same seed).
-    case = train_step.TrainStepCase(config, shape, batch_size)
-    cases[name] = case
-    compile_s[name] = case.lower_s + case.compile_s
+    cases[name] = train_step.TrainStepCase(config, shape, batch_size)
   first = next(iter(cases.values()))
   arrays = weights.to_caffe_layout(first.state.params)
   for mode in torch_modes:
@@ -148,9 +145,8 @@ def run(
       next(iter(torch_cases.values())),
   )
   log(f"same network: test-time logits agree to {error:.1e} (relative)")
-  for name, case in torch_cases.items():
+  for case in torch_cases.values():
     case.first_step()
-    compile_s[name] = case.compile_s
   for case in cases.values():
     for _ in range(warmup):
       case.step(timed=False)
@@ -167,7 +163,11 @@ def run(
     results.append(
         dict(
             case=name,
-            compile_s=compile_s[name],
+            compile_s=(
+                case.compile_s
+                if isinstance(case, TorchCase)
+                else case.lower_s + case.compile_s
+            ),
             step_s_median=median,
             step_s=case.wall,
             images_per_s=batch_size / median,
