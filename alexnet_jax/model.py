@@ -303,7 +303,7 @@ class AlexNet(nn.Module):
     c1, c2, c3, c4, c5 = config.conv_features
     f6, f7 = config.fc_features
 
-    def conv(name, features, k, shared, stride=1, padding="SAME"):
+    def conv(name, features, k, shared, stride=1, padding="SAME", **kw):
       std, bias = consts[name]
       return layers.TowerConv(
           features,
@@ -316,6 +316,7 @@ class AlexNet(nn.Module):
           bias_value=bias,
           dtype=dt,
           name=name,
+          **kw,
       )
 
     def fc(name, kernel_shape, bias_shape):
@@ -330,7 +331,11 @@ class AlexNet(nn.Module):
     pad = layers.conv1_padding(size)
     x = conv("conv1", c1, 11, True, 4, ((0, pad), (0, pad)))(images)
     x = self._pool(self._lrn(act(x)))  # §3.3: LRN after ReLU.
-    x = conv("conv2", c2, 5, False)(x)
+    # conv2's kernel gradient row by row: XLA:CPU's own form of it was a
+    # quarter of the train step (benchmarks/README.md).
+    x = conv(
+        "conv2", c2, 5, False, kernel_grad="rows", data_axis=self.data_axis
+    )(x)
     x = self._pool(self._lrn(act(x)))
     # conv3 reads both towers' conv2 maps: the first communication.
     x = parallel.gather_towers(x, self.model_axis, axis=-1)
@@ -344,15 +349,19 @@ class AlexNet(nn.Module):
     # rows of the fc6 matrix; the partial sums are reduced across towers and
     # each device keeps the units of its towers.
     batch, h, w, _ = x.shape
-    x_BTI = x.reshape(batch, h, w, towers, c5).transpose(0, 3, 1, 2, 4)
-    x_BTI = x_BTI.reshape(batch, towers, h * w * c5)
+    # Rows (tower, h, w, c): the order of the local towers' fc6 kernel rows.
+    x_BI = x.reshape(batch, h, w, towers, c5).transpose(0, 3, 1, 2, 4)
+    x_BI = x_BI.reshape(batch, towers * h * w * c5)
     k6, b6 = fc(
         "fc6", (towers, h * w * c5, config.num_towers * f6), (towers, f6)
     )
     # Each matmul runs in its layer's name scope: profiles read the layer
     # from the op name (benchmarks/op_profile.py), as for the conv modules.
+    # The fc matmuls are 2-D over the kernels' own row order: as einsums
+    # over a tower axis, XLA:CPU copied the fc6 and fc7 kernels in and out of
+    # another layout every step (benchmarks/README.md).
     with jax.named_scope("fc6"):
-      partial = jnp.einsum("bti,tio->bo", x_BTI.astype(dt), k6.astype(dt))
+      partial = x_BI.astype(dt) @ k6.reshape(-1, k6.shape[-1]).astype(dt)
     x = parallel.scatter_tower_sum(partial, self.model_axis, axis=1)
     x = self._dropout(act(x + b6.reshape(-1).astype(dt)), train)
 
@@ -361,8 +370,10 @@ class AlexNet(nn.Module):
     x = parallel.gather_towers(x, self.model_axis, axis=1)
     k7, b7 = fc("fc7", (towers, config.num_towers * f6, f7), (towers, f7))
     with jax.named_scope("fc7"):
-      x = jnp.einsum("bi,tio->bto", x.astype(dt), k7.astype(dt))
-    x = act(x.reshape(batch, towers * f7) + b7.reshape(-1).astype(dt))
+      x = jnp.concatenate(
+          [x.astype(dt) @ k7[t].astype(dt) for t in range(towers)], axis=-1
+      )
+    x = act(x + b7.reshape(-1).astype(dt))
     # The last hidden layer, Figure 4's feature space (`make_features`).
     self.sow("intermediates", "features", x)
     x = self._dropout(x, train)
@@ -370,9 +381,8 @@ class AlexNet(nn.Module):
     # fc8: each tower's fc7 units times its rows of the fc8 matrix; the
     # partial logits are summed across towers on every device.
     k8, b8 = fc("fc8", (towers, f7, config.num_classes), (config.num_classes,))
-    x_BTI = x.reshape(batch, towers, f7)
     with jax.named_scope("fc8"):
-      partial = jnp.einsum("bti,tik->bk", x_BTI.astype(dt), k8.astype(dt))
+      partial = x.astype(dt) @ k8.reshape(-1, k8.shape[-1]).astype(dt)
     logits = parallel.sum_towers(partial.astype(jnp.float32), self.model_axis)
     return logits + b8
 

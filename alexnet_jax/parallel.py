@@ -262,6 +262,18 @@ def shard_index(axis_name: str | None) -> jax.Array | int:
   return jax.lax.axis_index(axis_name)
 
 
+def vary(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """`x` typed as varying along `axis_name` (shard_map's check_vma types).
+
+  For a value every device along the axis holds alike (parameters along
+  the data axis) that a custom gradient combines with per-device values:
+  the gradient's sum over the axis is then the transpose of this cast.
+  """
+  if axis_name is None:
+    return x
+  return jax.lax.pcast(x, (axis_name,), to="varying")
+
+
 def gather_towers(x: jax.Array, axis_name: str | None, axis: int) -> jax.Array:
   """Concatenates every tower's `x` along `axis`, tower 0 first.
 
