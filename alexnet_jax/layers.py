@@ -10,7 +10,6 @@ assembles them into the two-tower network.
 from __future__ import annotations
 
 from collections.abc import Callable
-import functools
 import math
 from typing import Any
 
@@ -137,100 +136,12 @@ def _tower_normal(std: float) -> Initializer:
   return nn.initializers.normal(stddev=std)
 
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv(x: Array, kernel: Array, stride: int, padding: Any) -> Array:
-  return jax.lax.conv_general_dilated(
-      x, kernel, (stride, stride), padding, dimension_numbers=_NHWC
-  )
-
-
-def kernel_grad_by_rows(
-    x: Array, dy: Array, kernel_size: int, stride: int, padding: Any
-) -> Array:
-  """The kernel gradient of `_conv(x, kernel, stride, padding)`, row by row.
-
-  The same sum as XLA's weight-gradient convolution, in another form: kernel
-  row i reads padded input rows i, i + stride, ..., one per output row, so
-  those rows and the output gradient's become (image, row) pairs of 1-pixel
-  high images, and row i's gradient is a convolution along the width whose
-  batch is the input channels and whose contraction runs over the pairs
-  and the output columns. XLA:CPU runs conv2's kernel gradient 2x faster in
-  this form (benchmarks/README.md). Returns [k, k, in, out] like the kernel.
-  """
-  batch, _, _, channels = x.shape
-  _, out_h, out_w, features = dy.shape
-  k = kernel_size
-  if isinstance(padding, str):
-    padding = jax.lax.padtype_to_pads(
-        x.shape[1:3], (k, k), (stride, stride), padding
-    )
-  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  width = x.shape[2]
-  # [out_h * batch pairs, 1, out_w, features] as the kernel [1, out_w, pairs,
-  # features]: the same for every kernel row.
-  dy_rows = jnp.transpose(
-      dy.reshape(batch * out_h, 1, out_w, features), (1, 2, 0, 3)
-  )
-  rows = []
-  for i in range(k):
-    x_i = jax.lax.slice(
-        x,
-        (0, i, 0, 0),
-        (batch, i + stride * (out_h - 1) + 1, width, channels),
-        (1, stride, 1, 1),
-    )
-    # [channels, 1, width, pairs]: the input channels as the batch.
-    x_i = jnp.transpose(
-        x_i.reshape(batch * out_h, 1, width, channels), (3, 1, 2, 0)
-    )
-    g = jax.lax.conv_general_dilated(
-        x_i,
-        dy_rows,
-        (1, 1),
-        "VALID",
-        rhs_dilation=(1, stride),
-        dimension_numbers=_NHWC,
-    )  # [channels, 1, width - stride * (out_w - 1), features]
-    rows.append(jnp.transpose(g[:, 0, :k, :], (1, 0, 2)))
-  return jnp.stack(rows)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_rows_grad(x: Array, kernel: Array, stride: int, padding: Any) -> Array:
-  """`_conv` whose kernel gradient is `kernel_grad_by_rows` (the input
-  gradient is XLA's). Inside shard_map, `kernel` must vary along the same
-  mesh axes as `x` (see `parallel.vary`)."""
-  return _conv(x, kernel, stride, padding)
-
-
-def _conv_rows_grad_fwd(x, kernel, stride, padding):
-  return _conv(x, kernel, stride, padding), (x, kernel)
-
-
-def _conv_rows_grad_bwd(stride, padding, residuals, dy):
-  x, kernel = residuals
-  _, input_grad = jax.vjp(lambda x: _conv(x, kernel, stride, padding), x)
-  (dx,) = input_grad(dy)
-  dk = kernel_grad_by_rows(x, dy, kernel.shape[0], stride, padding)
-  return dx, dk.astype(kernel.dtype)
-
-
-conv_rows_grad.defvjp(_conv_rows_grad_fwd, _conv_rows_grad_bwd)
-
-
 class TowerConv(nn.Module):
   """`towers` convolutions side by side, one per local tower.
 
   `shared_input=True`: every tower reads the whole input (conv1 reads the
   image; conv3 reads both towers' conv2 maps after the gather).
   `shared_input=False`: tower t reads only channel block t of the input.
-
-  `kernel_grad="rows"` (per-tower convolutions only) computes the kernel
-  gradient with `kernel_grad_by_rows` instead of XLA's weight-gradient
-  convolution: the same gradient up to float rounding. Inside shard_map the
-  module then needs `data_axis`, the mesh axis the batch is split over.
   """
 
   features: int
@@ -242,15 +153,9 @@ class TowerConv(nn.Module):
   weight_std: float = 0.01
   bias_value: float = 0.0
   dtype: Any = jnp.float32
-  kernel_grad: str = "xla"
-  data_axis: str | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    if self.kernel_grad not in ("xla", "rows"):
-      raise ValueError(f"kernel_grad={self.kernel_grad!r}: 'xla' or 'rows'.")
-    if self.kernel_grad == "rows" and self.shared_input:
-      raise ValueError("kernel_grad='rows' is for per-tower convolutions.")
     in_features = (
         x.shape[-1] if self.shared_input else (x.shape[-1] // self.towers)
     )
@@ -270,38 +175,33 @@ class TowerConv(nn.Module):
         nn.initializers.constant(self.bias_value),
         (self.towers, self.features),
     )
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+
+    def conv(x, kernel_HWIO):
+      return jax.lax.conv_general_dilated(
+          x.astype(self.dtype),
+          kernel_HWIO.astype(self.dtype),
+          window_strides=(self.stride, self.stride),
+          padding=self.padding,
+          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
 
     if self.shared_input:
       # [T, kh, kw, I, O] -> [kh, kw, I, T*O]: one convolution for the local
       # towers, output channels tower-major.
       kh, kw = self.kernel_size, self.kernel_size
-      y = _conv(
+      y = conv(
           x,
           jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(
               kh, kw, in_features, self.towers * self.features
           ),
-          self.stride,
-          self.padding,
       )
     else:
       # One convolution per tower on its own channel block. The same function
       # as a grouped convolution (feature_group_count=towers), which XLA:CPU
       # runs 2-4x slower (measured with `benchmarks.train_step --profile`).
-      if self.kernel_grad == "rows":
-        # The custom gradient's kernel must vary along the batch's axis like
-        # x does; the gradient's sum over that axis is then autodiff's.
-        kernel = parallel.vary(kernel, self.data_axis)
-        conv = conv_rows_grad
-      else:
-        conv = _conv
       x_T = jnp.split(x, self.towers, axis=-1)
       y = jnp.concatenate(
-          [
-              conv(x_T[t], kernel[t], self.stride, self.padding)
-              for t in range(self.towers)
-          ],
-          axis=-1,
+          [conv(x_T[t], kernel[t]) for t in range(self.towers)], axis=-1
       )
     return y + bias.reshape(-1).astype(self.dtype)
 

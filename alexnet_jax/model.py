@@ -303,7 +303,7 @@ class AlexNet(nn.Module):
     c1, c2, c3, c4, c5 = config.conv_features
     f6, f7 = config.fc_features
 
-    def conv(name, features, k, shared, stride=1, padding="SAME", **kw):
+    def conv(name, features, k, shared, stride=1, padding="SAME"):
       std, bias = consts[name]
       return layers.TowerConv(
           features,
@@ -316,7 +316,6 @@ class AlexNet(nn.Module):
           bias_value=bias,
           dtype=dt,
           name=name,
-          **kw,
       )
 
     def fc(name, kernel_shape, bias_shape):
@@ -331,11 +330,7 @@ class AlexNet(nn.Module):
     pad = layers.conv1_padding(size)
     x = conv("conv1", c1, 11, True, 4, ((0, pad), (0, pad)))(images)
     x = self._pool(self._lrn(act(x)))  # §3.3: LRN after ReLU.
-    # conv2's kernel gradient row by row: XLA:CPU's own form of it was a
-    # quarter of the train step (benchmarks/README.md).
-    x = conv(
-        "conv2", c2, 5, False, kernel_grad="rows", data_axis=self.data_axis
-    )(x)
+    x = conv("conv2", c2, 5, False)(x)
     x = self._pool(self._lrn(act(x)))
     # conv3 reads both towers' conv2 maps: the first communication.
     x = parallel.gather_towers(x, self.model_axis, axis=-1)

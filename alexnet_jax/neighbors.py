@@ -100,7 +100,10 @@ def compute_features(
   """
   from alexnet_jax import run_data  # pylint: disable=g-import-not-at-top
 
-  features_fn = jax.jit(model_lib.make_features(config.model, mesh))
+  features_fn = jax.jit(
+      model_lib.make_features(config.model, mesh),
+      compiler_options=parallel.compiler_options(mesh),
+  )
   feats, images, labels = [], [], []
   count = 0
   for batch in host_batches:

@@ -48,6 +48,7 @@ the whole layers would send 580,800 + 373,248.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import os
 from typing import Any
 
 import jax
@@ -124,6 +125,36 @@ def make_mesh(
     )
   grid = np.asarray(devices[: data * model]).reshape(data, model)
   return Mesh(grid, (DATA, MODEL))
+
+
+# XLA:CPU (jaxlib 0.10-0.12) hands convolutions, matmuls and reductions to
+# YNNPACK by default. For AlexNet's convolutions and their gradients
+# YNNPACK's kernels were 2-7x slower than XLA's own (Eigen) ones on the CPUs
+# measured, and conv1's forward pass ran on one core of two
+# (benchmarks/README.md, "YNNPACK"), so the model's programs keep only
+# matmuls and reductions there: XLA_FLAGS'
+# --xla_cpu_experimental_ynn_fusion_type=-individual_convolution, spelled
+# as the option's enum values. A user's XLA_FLAGS setting of it wins.
+_YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
+CPU_COMPILER_OPTIONS = {
+    _YNN_FUSION_TYPE: (
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+    )
+}
+
+
+def compiler_options(mesh: Mesh | None) -> dict[str, str] | None:
+  """XLA options for compiling the model's programs on `mesh`'s devices.
+
+  `CPU_COMPILER_OPTIONS` on CPU (unless XLA_FLAGS sets the flag), none on
+  other platforms. `mesh=None`: the default backend.
+  """
+  platform = (
+      mesh.devices.flat[0].platform if mesh is not None else None
+  ) or jax.default_backend()
+  if platform != "cpu" or _YNN_FUSION_TYPE in os.environ.get("XLA_FLAGS", ""):
+    return None
+  return dict(CPU_COMPILER_OPTIONS)
 
 
 def towers_per_device(mesh: Mesh | None, num_towers: int) -> int:
@@ -260,18 +291,6 @@ def shard_index(axis_name: str | None) -> jax.Array | int:
   if axis_name is None:
     return 0
   return jax.lax.axis_index(axis_name)
-
-
-def vary(x: jax.Array, axis_name: str | None) -> jax.Array:
-  """`x` typed as varying along `axis_name` (shard_map's check_vma types).
-
-  For a value every device along the axis holds alike (parameters along
-  the data axis) that a custom gradient combines with per-device values:
-  the gradient's sum over the axis is then the transpose of this cast.
-  """
-  if axis_name is None:
-    return x
-  return jax.lax.pcast(x, (axis_name,), to="varying")
 
 
 def gather_towers(x: jax.Array, axis_name: str | None, axis: int) -> jax.Array:

@@ -183,6 +183,7 @@ def make_train_step(
       in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, None),
       donate_argnums=0,
+      compiler_options=parallel.compiler_options(mesh),
   )
 
 
@@ -205,7 +206,7 @@ def make_predict(
     log_probs = log_probs.reshape(images.shape[0], crops, -1)
     return jax.nn.logsumexp(log_probs, axis=1) - jnp.log(crops)
 
-  return jax.jit(predict)
+  return jax.jit(predict, compiler_options=parallel.compiler_options(mesh))
 
 
 def error_sums(

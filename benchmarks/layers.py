@@ -41,6 +41,7 @@ import numpy as np
 from alexnet_jax import cli
 from alexnet_jax import layers as model_layers
 from alexnet_jax import model as model_lib
+from alexnet_jax import parallel
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -272,9 +273,14 @@ def im2col_weight_gradient(x, dy, kernel_shape, stride, padding):
 # ---------------------------------------------------------------------------
 
 
+def _jit(fn):
+  """`jax.jit` with the XLA options the model's programs compile with."""
+  return jax.jit(fn, compiler_options=parallel.compiler_options(None))
+
+
 def _forward_backward(fn, argnums=0):
   loss = lambda *args: jnp.sum(jnp.square(fn(*args).astype(jnp.float32)))
-  return jax.jit(jax.value_and_grad(loss, argnums=argnums))
+  return _jit(jax.value_and_grad(loss, argnums=argnums))
 
 
 def _max_difference(a, b, relative: bool) -> float:
@@ -307,7 +313,7 @@ def compare_layer(
             form=form,
             shape=[list(a.shape) for a in args],
             dtype=str(args[0].dtype),
-            forward_s=time_call(jax.jit(fn), *args, repeats=repeats),
+            forward_s=time_call(_jit(fn), *args, repeats=repeats),
             forward_backward_s=time_call(
                 forward_backward, *args, repeats=repeats
             ),
@@ -437,7 +443,7 @@ def run(
         for form, fn in dict(
             xla=xla_weight_gradient, im2col=im2col_weight_gradient
         ).items():
-          fn = jax.jit(
+          fn = _jit(
               functools.partial(
                   fn, kernel_shape=kernel_shape, stride=stride, padding=padding
               )

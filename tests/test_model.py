@@ -143,36 +143,6 @@ def test_lrn_across_towers_on_one_and_two_devices(n):
   np.testing.assert_array_equal(np.flatnonzero(differ), boundary)
 
 
-@pytest.mark.parametrize(
-    "kernel_size, stride, padding",
-    [(5, 1, "SAME"), (3, 2, ((1, 0), (2, 1))), (4, 3, "VALID")],
-)
-def test_kernel_grad_by_rows_equals_xlas(kernel_size, stride, padding):
-  """conv2's kernel gradient row by row is XLA's weight gradient, for
-  strides and paddings beyond conv2's (stride 1, SAME), and the custom-
-  gradient convolution gives XLA's input gradient too."""
-  kx, kk, ky = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (3, 11, 10, 4))
-  kernel = jax.random.normal(kk, (kernel_size, kernel_size, 4, 6))
-  conv = lambda x, kernel: layers._conv(x, kernel, stride, padding)
-  y, vjp = jax.vjp(conv, x, kernel)
-  dy = jax.random.normal(ky, y.shape)
-  want_dx, want_dk = vjp(dy)
-  got_dk = layers.kernel_grad_by_rows(x, dy, kernel_size, stride, padding)
-  np.testing.assert_allclose(got_dk, want_dk, rtol=1e-5, atol=1e-5)
-  got_y, custom_vjp = jax.vjp(
-      lambda x, kernel: layers.conv_rows_grad(x, kernel, stride, padding),
-      x,
-      kernel,
-  )
-  np.testing.assert_array_equal(got_y, y)
-  got_dx, got_dk = custom_vjp(dy)
-  np.testing.assert_array_equal(got_dx, want_dx)
-  np.testing.assert_array_equal(
-      got_dk, layers.kernel_grad_by_rows(x, dy, kernel_size, stride, padding)
-  )
-
-
 def test_paper_init_statistics():
   params = model_lib.init_params(model_lib.default_config(), jax.random.key(0))
   for layer, bias in dict(

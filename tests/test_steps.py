@@ -1,10 +1,14 @@
 """Train and eval steps on the mesh."""
 
+import os
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from alexnet_jax import steps
 from tests import helpers
@@ -74,3 +78,53 @@ def test_topk_errors():
       scores.at[0, 2].set(jnp.nan), jnp.array([6, 0, 3])
   )
   np.testing.assert_array_equal(top1, [1.0, 1.0, 1.0])  # NaN is wrong.
+
+
+def _ynn_convolutions(hlo_text: str) -> int:
+  """Convolutions in the compiled program that XLA:CPU hands to YNNPACK
+  (fusions of kind __ynn_fusion whose body holds a convolution)."""
+  with_conv = {
+      m.group(1)
+      for m in re.finditer(
+          r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text, re.M | re.S
+      )
+      if " convolution(" in m.group(2)
+  }
+  return sum(
+      1
+      for line in hlo_text.splitlines()
+      if "__ynn_fusion" in line
+      and (called := re.search(r"calls=%?([\w.\-]+)", line))
+      and called.group(1) in with_conv
+  )
+
+
+def test_cpu_programs_compile_convolutions_without_ynnpack(monkeypatch):
+  """The train and predict steps pass parallel.CPU_COMPILER_OPTIONS to XLA:
+  no convolution goes to YNNPACK, XLA:CPU's default (measured slower), which
+  a plain jit of the model still takes; XLA_FLAGS setting that flag wins."""
+  config = helpers.tiny_config()
+  mesh = parallel.make_mesh(1, 1)
+  state, shardings = steps.create_train_state(config, jax.random.key(0), mesh)
+  batch = parallel.shard_batch(_batch(4), mesh)
+  compiled = [
+      steps.make_train_step(config, mesh, shardings).lower(state, batch),
+      steps.make_predict(config.model, mesh).lower(
+          state.params, batch["image"]
+      ),
+  ]
+  for lowered in compiled:
+    assert _ynn_convolutions(lowered.compile().as_text()) == 0
+  default = jax.jit(model_lib.make_apply(config.model, mesh))
+  default = default.lower(state.params, batch["image"]).compile().as_text()
+  # XLA's default takes some (this tiny model's smallest ones stay with
+  # XLA): the count above can see them.
+  assert _ynn_convolutions(default) > 0
+  assert parallel.compiler_options(mesh) == parallel.CPU_COMPILER_OPTIONS
+  monkeypatch.setenv(
+      "XLA_FLAGS",
+      os.environ.get("XLA_FLAGS", "")
+      + " --xla_cpu_experimental_ynn_fusion_type=+individual_convolution",
+  )
+  assert parallel.compiler_options(mesh) is None
+  assert parallel.compiler_options(None) is None
