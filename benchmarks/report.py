@@ -179,6 +179,12 @@ def format_report(report: dict[str, Any]) -> str:
       for group, seconds in p["busy_s_by_group"].items():
         share = 100 * seconds / p["busy_s_per_step"]
         lines.append(f"      {seconds:7.3f} s {share:5.1f}%  {group}")
+      lines.append(
+          f"      {p['outside_ops_s_per_step']:7.3f} s outside any op's trace"
+          f" event ({p['cpus']} CPUs x wall - the above): XLA:CPU's Eigen "
+          "convolutions, whose events cover only their launch, and idle "
+          "threads"
+      )
   if report.get("input_pipeline"):
     i = report["input_pipeline"]
     lines.append(

@@ -107,13 +107,13 @@ def test_cpu_programs_compile_convolutions_without_ynnpack(monkeypatch):
   mesh = parallel.make_mesh(1, 1)
   state, shardings = steps.create_train_state(config, jax.random.key(0), mesh)
   batch = parallel.shard_batch(_batch(4), mesh)
-  compiled = [
+  programs = [
       steps.make_train_step(config, mesh, shardings).lower(state, batch),
       steps.make_predict(config.model, mesh).lower(
           state.params, batch["image"]
       ),
   ]
-  for lowered in compiled:
+  for lowered in programs:
     assert _ynn_convolutions(lowered.compile().as_text()) == 0
   default = jax.jit(model_lib.make_apply(config.model, mesh))
   default = default.lower(state.params, batch["image"]).compile().as_text()

@@ -214,3 +214,27 @@ def test_interleaved_cases_run_the_same_steps(report):
         r["collective_bytes_sent_per_device"]
         == apart[r["mesh"]]["collective_bytes_sent_per_device"]
     )
+
+
+def test_profile_accounts_for_the_time_outside_op_events(tmp_path):
+  """`--profile`: the time in ops' trace events plus the time outside them
+  (XLA:CPU's Eigen convolutions run there) is the wall time x CPUs, and the
+  report prints both."""
+  profiled = train_step.run(
+      helpers.tiny_config(),
+      batch_sizes=(4,),
+      meshes="1x1",
+      steps=1,
+      warmup=1,
+      matmul_size=256,
+      profile_dir=str(tmp_path),
+      log=lambda *_: None,
+  )
+  p = profiled["results"][0]["profile"]
+  assert p["busy_s_per_step"] > 0 and p["outside_ops_s_per_step"] > 0
+  assert p["busy_s_per_step"] + p["outside_ops_s_per_step"] == pytest.approx(
+      p["wall_s_per_step"] * p["cpus"]
+  )
+  assert "conv conv1 fwd" in p["busy_s_by_group"]
+  text = report_lib.format_report(profiled)
+  assert f"{p['outside_ops_s_per_step']:7.3f} s outside any op's trace" in text
