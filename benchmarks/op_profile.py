@@ -194,7 +194,7 @@ def profile_steps(
       key=os.path.getmtime,
   )[-1]
   summary = summarize_trace(trace, hlo_text, num_devices, num_steps, kernels)
-  cpus = len(os.sched_getaffinity(0))
+  cpus = os.cpu_count() or 1  # As the report's cpus_visible.
   # On CPU, XLA's own (Eigen) convolutions run on the thread pool after the
   # event that starts them ends: their groups show the launch only, and
   # their time is in what no op's event covers (with idle threads).
