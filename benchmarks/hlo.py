@@ -80,6 +80,22 @@ _GROUP_AXIS_RE = re.compile(
 )
 
 
+_COMPUTATION_RE = re.compile(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", re.M | re.S)
+_CALLS_RE = re.compile(r"calls=%?([\w.\-]+)")
+
+
+def computations(hlo_text: str) -> dict[str, str]:
+  """The body of every computation of the program (fusions included), by
+  name."""
+  return {m.group(1): m.group(2) for m in _COMPUTATION_RE.finditer(hlo_text)}
+
+
+def called(line: str) -> str | None:
+  """The computation an op's line calls (`calls=`), or None."""
+  m = _CALLS_RE.search(line)
+  return m.group(1) if m else None
+
+
 def _ints(text: str) -> list[int]:
   return [int(i) for i in re.findall(r"\d+", text)]
 

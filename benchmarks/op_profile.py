@@ -121,17 +121,12 @@ def op_groups(
 ) -> dict[str, str]:
   """The group of every top-level op of the compiled program, by op name."""
   entry = hlo_text[hlo_text.index("\nENTRY") :]
-  bodies = {}
-  for m in re.finditer(
-      r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text, re.M | re.S
-  ):
-    bodies[m.group(1)] = m.group(2)
+  bodies = hlo.computations(hlo_text)
   ops = {}
   for line in entry.splitlines():
     m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
     if m:
-      called = re.search(r"calls=%?([\w.\-]+)", line)
-      body = bodies.get(called.group(1), "") if called else ""
+      body = bodies.get(hlo.called(line), "")
       ops[m.group(1)] = _op_category(line, body, num_devices, kernels)
   return ops
 

@@ -1,7 +1,6 @@
 """Train and eval steps on the mesh."""
 
 import os
-import re
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +10,7 @@ import pytest
 from alexnet_jax import model as model_lib
 from alexnet_jax import parallel
 from alexnet_jax import steps
+from benchmarks import hlo
 from tests import helpers
 
 
@@ -83,19 +83,12 @@ def test_topk_errors():
 def _ynn_convolutions(hlo_text: str) -> int:
   """Convolutions in the compiled program that XLA:CPU hands to YNNPACK
   (fusions of kind __ynn_fusion whose body holds a convolution)."""
-  with_conv = {
-      m.group(1)
-      for m in re.finditer(
-          r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text, re.M | re.S
-      )
-      if " convolution(" in m.group(2)
-  }
+  bodies = hlo.computations(hlo_text)
   return sum(
       1
       for line in hlo_text.splitlines()
       if "__ynn_fusion" in line
-      and (called := re.search(r"calls=%?([\w.\-]+)", line))
-      and called.group(1) in with_conv
+      and " convolution(" in bodies.get(hlo.called(line), "")
   )
 
 
